@@ -1,0 +1,40 @@
+"""The embedded default: Monodepth2 on the synthetic KITTI set, small resolution, CPU-sized.
+
+  python -m jdepth.train --config configs/demo.py --workdir runs/demo
+
+Generates the synthetic dataset on first use (into ~/.cache/jdepth), trains for about 10 minutes
+on a 2-core CPU and prints the test-split table; `tools/demo_report.py` compares it with the
+"average training depth map" baseline.
+"""
+
+import importlib.util
+import os
+
+from ml_collections import config_dict
+
+
+def _base():
+    # Loaded by path: config files are run by ml_collections, not imported as a package.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "monodepth2.py")
+    spec = importlib.util.spec_from_file_location("jdepth_config_monodepth2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config():
+    config = _base()
+    config.data.synthetic = config_dict.ConfigDict(
+        dict(seed=0, drives=8, frames=60, width=192, height=64)
+    )
+    config.data.height = 64
+    config.data.width = 192
+    config.data.num_workers = 0
+    config.train.batch_size = 8
+    config.train.num_epochs = 6
+    config.optim.lr = 2e-4
+    config.optim.decay_epochs = (5,)
+    config.train.log_every = 20
+    config.train.ckpt_every_steps = 50
+    config.train.eval_every_epochs = 2
+    return config

@@ -1,0 +1,220 @@
+"""Grain input pipeline: KITTI frame tuples (target + neighbours) for self-supervised training.
+
+What runs here (numpy, in grain workers) is the work that must touch files: decoding PNG/JPEG, resizing
+to the training resolution, the horizontal flip, and the per-sample random draw of the colour jitter.
+Applying the jitter and building the image pyramid for scales 1..3 happens on the accelerator, inside
+the jitted step (`jdepth.data.device_transforms`): it is elementwise work that XLA fuses, and it keeps
+the CPU workers from starving the step. Augmentation parameters are drawn ONCE per sample (shared by
+all its frames, as Monodepth2 does) from grain's per-record RNG, so the stream is deterministic
+given the seed, whatever the number of workers.
+
+One element (before batching) is a dict:
+  images     uint8   [F, H, W, 3]  frames in `frame_ids` order (frame 0 first), flipped if `flipped`
+  K, inv_K   float32 [S, 4, 4]     pixel intrinsics for scales 0..S-1 of the training resolution
+  jitter     float32 [5]           (apply, brightness, contrast, saturation, hue) factors
+  flipped    bool    []
+  index      int32   []            position of the frame in the split file
+  panoptic   int32   [F, H, W]     Cityscapes panoptic ids (only with `load_panoptic`)
+  velocity   float32 [F]           oxts forward velocity in m/s (only with `load_velocity`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import grain
+import numpy as np
+from PIL import Image
+
+from jdepth.data import kitti
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Static description of what one training sample holds."""
+
+    root: str
+    height: int
+    width: int
+    frame_ids: tuple[int, ...] = (0, -1, 1)
+    num_scales: int = 4
+    img_ext: str | None = None  # None: auto-detect .png / .jpg per frame
+    flip_prob: float = 0.5
+    color_aug_prob: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.1
+    on_missing: str = "raise"  # neighbour missing at a sequence boundary: 'raise' or 'clamp'
+    load_panoptic: bool = False
+    load_velocity: bool = False
+
+
+def resize_image(image: np.ndarray, height: int, width: int, path: str = "") -> np.ndarray:
+    """Resizes uint8 [h, w, C] to [height, width, C] with PIL's Lanczos filter (Monodepth2's ANTIALIAS)."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS))
+
+
+def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of an integer label map [h, w] (labels must never be interpolated)."""
+    h, w = labels.shape
+    if (h, w) == (height, width):
+        return labels
+    # Pixel-centre aligned nearest sampling, the same rule PIL's NEAREST uses.
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def intrinsics_pyramid(
+    k_norm: np.ndarray, height: int, width: int, num_scales: int, flipped: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel intrinsics per scale from normalised intrinsics.
+
+    Args:
+      k_norm: [4, 4] intrinsics divided by the original image size (row 0 by W, row 1 by H).
+      height, width: training resolution at scale 0.
+      num_scales: number of scales; scale s has resolution (height // 2^s, width // 2^s).
+      flipped: the image was mirrored horizontally. The reference leaves K unchanged because it assumes
+        a centred principal point; we mirror it instead. With integer pixel centres, x -> w - 1 - x, so
+        cx -> w - 1 - cx at each scale, which is exact for any camera.
+
+    Returns:
+      (K [S, 4, 4], inv_K [S, 4, 4]) float32.
+    """
+    ks, inv_ks = [], []
+    for s in range(num_scales):
+        w = width // 2**s
+        k = kitti.scale_intrinsics(k_norm, w, height // 2**s)
+        if flipped:
+            k[0, 2] = (w - 1) - k[0, 2]
+        ks.append(k)
+        inv_ks.append(np.linalg.inv(k))
+    return np.stack(ks).astype(np.float32), np.stack(inv_ks).astype(np.float32)
+
+
+def draw_color_jitter(rng: np.random.Generator, cfg: PipelineConfig) -> np.ndarray:
+    """One colour-jitter draw per sample: [apply, brightness, contrast, saturation, hue]."""
+    apply = float(rng.random() < cfg.color_aug_prob)
+    b = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
+    c = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
+    s = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
+    h = rng.uniform(-cfg.hue, cfg.hue)
+    return np.array([apply, b, c, s, h], dtype=np.float32)
+
+
+class KittiFrames:
+    """Random-access source over the lines of a split file; each record is a FrameRef + its index.
+
+    Building it checks that the split is non-empty and the calibration of every drive parses, so a
+    wrong root or split fails at start-up, not in a worker minutes later.
+    """
+
+    def __init__(self, root: str, split_file: str):
+        self.root = root
+        self.split_file = split_file
+        self.refs = kitti.read_split_file(split_file)
+        if not self.refs:
+            raise ValueError(f"{split_file}: split file has no frames")
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int):
+        return int(index), self.refs[index]
+
+
+@functools.lru_cache(maxsize=256)
+def _normalised_intrinsics(calib_dir: str, cam: int) -> np.ndarray:
+    return kitti.normalised_intrinsics(kitti.load_camera_calibration(calib_dir, cam))
+
+
+def load_sample(record, rng: np.random.Generator, cfg: PipelineConfig, train: bool) -> dict:
+    """Reads and augments one sample (grain `random_map` body). See the module docstring."""
+    index, ref = record
+    cam = kitti.side_to_camera(ref.side)
+    flipped = bool(train and rng.random() < cfg.flip_prob)
+    jitter = draw_color_jitter(rng, cfg) if train else np.zeros(5, np.float32)
+
+    images, panoptic, velocity = [], [], []
+    for offset in cfg.frame_ids:
+        frame_index = kitti.neighbour_index(cfg.root, ref, offset, on_missing=cfg.on_missing)
+        path = kitti.image_path(cfg.root, ref, frame_index=frame_index, ext=cfg.img_ext)
+        image = resize_image(kitti.load_image(path), cfg.height, cfg.width, path)
+        images.append(image)
+        if cfg.load_panoptic:
+            label = kitti.load_panoptic(kitti.panoptic_path(cfg.root, ref, frame_index=frame_index))
+            panoptic.append(resize_labels(label, cfg.height, cfg.width))
+        if cfg.load_velocity:
+            oxts = kitti.read_oxts(kitti.oxts_path(cfg.root, ref, frame_index=frame_index))
+            velocity.append(oxts["vf"])
+
+    images = np.stack(images)
+    if flipped:
+        images = images[:, :, ::-1]
+    k, inv_k = intrinsics_pyramid(
+        _normalised_intrinsics(kitti.calib_dir(cfg.root, ref), cam),
+        cfg.height, cfg.width, cfg.num_scales, flipped,
+    )
+    sample = {
+        "images": np.ascontiguousarray(images),
+        "K": k,
+        "inv_K": inv_k,
+        "jitter": jitter,
+        "flipped": np.bool_(flipped),
+        "index": np.int32(index),
+    }
+    if cfg.load_panoptic:
+        labels = np.stack(panoptic).astype(np.int32)
+        sample["panoptic"] = np.ascontiguousarray(labels[:, :, ::-1] if flipped else labels)
+    if cfg.load_velocity:
+        sample["velocity"] = np.asarray(velocity, np.float32)
+    return sample
+
+
+def make_dataset(
+    cfg: PipelineConfig,
+    split_file: str,
+    *,
+    batch_size: int,
+    seed: int,
+    train: bool = True,
+    num_epochs: int | None = None,
+) -> grain.MapDataset:
+    """Builds the batched MapDataset.
+
+    Training shuffles with a fresh permutation per epoch (grain reshuffles per repetition), draws
+    augmentations from the per-record RNG, and drops the last partial batch. Evaluation keeps the
+    split order and every frame.
+    """
+    source = KittiFrames(cfg.root, split_file)
+    ds = grain.MapDataset.source(source)
+    if train:
+        ds = ds.seed(seed).shuffle()
+        ds = ds.repeat(num_epochs)
+        ds = ds.random_map(functools.partial(load_sample, cfg=cfg, train=True))
+    else:
+        ds = ds.map(functools.partial(load_sample, rng=None, cfg=cfg, train=False))
+    return ds.batch(batch_size, drop_remainder=train)
+
+
+def make_iterator(ds: grain.MapDataset, num_workers: int = 0, prefetch: int = 2):
+    """Turns a MapDataset into a checkpointable iterator, with `num_workers` processes if > 0."""
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch))
+    if num_workers > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(it_ds)
+
+
+def split_length(split_file: str) -> int:
+    """Number of frames listed in a split file."""
+    return len(kitti.read_split_file(split_file))
+
+
+def frames_of(batch: dict, frame_ids: Sequence[int]) -> dict[int, np.ndarray]:
+    """Splits a batch's `images` [B, F, H, W, 3] into {frame_id: [B, H, W, 3]}."""
+    return {f: batch["images"][:, i] for i, f in enumerate(frame_ids)}

@@ -1,0 +1,94 @@
+"""Evaluation of a depth predictor on a KITTI split (real or synthetic): predictions, GT, metrics.
+
+The same function serves the periodic evaluation of the train loop, `python -m jdepth.evaluate`
+and the synthetic-suite tools, so every number in the logs, README and RESULTS comes from one path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from jdepth.data import kitti
+from jdepth.eval import metrics as depth_metrics
+
+
+def load_split_images(root: str, refs: Sequence[kitti.FrameRef], ext: str | None = None):
+    """uint8 frames 0 of a split, as a list of [h, w, 3] (sizes may differ between drives)."""
+    return [kitti.load_image(kitti.image_path(root, ref, ext=ext)) for ref in refs]
+
+
+def predict_split(predictor, root: str, refs, batch_size: int = 8, ext: str | None = None):
+    """Scaled disparity maps [H, W] (network resolution) for every frame of a split, in order."""
+    preds = []
+    for start in range(0, len(refs), 64):  # bounded memory on long splits
+        images = load_split_images(root, refs[start : start + 64], ext)
+        preds.extend(predictor.predict_disparity(images, batch_size))
+    return preds
+
+
+def gt_depths_for_split(root: str, split_file: str, cache_path: str | None = None, kind="eigen"):
+    """Velodyne ground truth of a split (Eigen protocol), cached as an npz when a path is given."""
+    if cache_path and os.path.exists(cache_path):
+        return kitti.load_gt_depths(cache_path)
+    depths = kitti.export_gt_depths(root, kitti.read_split_file(split_file), kind)
+    if cache_path:
+        os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+        kitti.save_gt_depths(cache_path, depths)
+    return depths
+
+
+def evaluate_split(
+    predictor,
+    root: str,
+    split_file: str,
+    gt_depths,
+    *,
+    median_scaling: bool = True,
+    split_kind: str = "eigen",
+    max_images: int | None = None,
+    masks=None,
+) -> dict:
+    """Predicts every frame of the split and returns the KITTI metrics dict."""
+    refs = kitti.read_split_file(split_file)
+    if len(refs) != len(gt_depths):
+        raise ValueError(
+            f"{split_file}: {len(refs)} frames but {len(gt_depths)} ground-truth maps; "
+            "was the GT exported from this split?"
+        )
+    if max_images:
+        refs, gt_depths = refs[:max_images], gt_depths[:max_images]
+        masks = masks[:max_images] if masks is not None else None
+    preds = predict_split(predictor, root, refs)
+    return depth_metrics.evaluate_predictions(
+        gt_depths,
+        preds,
+        median_scaling=median_scaling,
+        masks=masks,
+        **depth_metrics.protocol_options(split_kind),
+    )
+
+
+def mean_depth_map(root: str, refs, height: int, width: int, max_depth: float = 80.0):
+    """The "average training depth map" baseline: per-pixel mean of dense training depth.
+
+    Uses the dense depth in `proj_depth/groundtruth` (the synthetic set writes it for every frame;
+    on KITTI it is the improved ground truth) resized to the network resolution; pixels with no
+    depth in a frame (sky) count as `max_depth`, so the map stays dense.
+    """
+    total = np.zeros((height, width), np.float64)
+    for ref in refs:
+        depth = kitti.load_benchmark_depth(kitti.benchmark_gt_path(root, ref))
+        depth = np.where(depth > 0, np.minimum(depth, max_depth), max_depth)
+        total += depth_metrics.resize_bilinear(depth, height, width)
+    return (total / len(refs)).astype(np.float32)
+
+
+def evaluate_constant_prediction(depth_map: np.ndarray, gt_depths, median_scaling=True, **kw):
+    """Metrics of predicting the same depth map for every image (the baseline above)."""
+    disp = 1.0 / np.maximum(depth_map, 1e-3)
+    return depth_metrics.evaluate_predictions(
+        gt_depths, [disp] * len(gt_depths), median_scaling=median_scaling, **kw
+    )

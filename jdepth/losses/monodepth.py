@@ -1,0 +1,394 @@
+"""The Monodepth2 self-supervised objective, as one pure function built from reusable pieces.
+
+"Full-res multiscale" (Monodepth2's default): the disparity of every decoder scale is upsampled to
+the input resolution before conversion to depth, the sources are warped and compared with the
+target at full resolution, and only the smoothness term sees each scale's native disparity.
+
+Pieces other objectives reuse with their own masks and depths (ManyDepth, ISSL, piece-wise pose):
+``upsample_disp``, ``identity_errors``, ``warp_sources``, ``reprojection_errors``, ``masked_mean``
+and ``photometric_loss_for_depth``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdepth import geometry
+from jdepth.losses.photometric import min_reprojection, photometric_error
+from jdepth.losses.smoothness import edge_aware_smoothness
+
+_MASKED_MEAN_EPS = 1e-7
+
+
+def _interpolation_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """``[out, in]`` weights of 1-D linear interpolation with half-pixel centres.
+
+    PyTorch's ``align_corners=False`` rule: source coordinate ``(i + 0.5) * in / out - 0.5``,
+    clamped at 0, with the upper neighbour clamped to the last pixel (no antialiasing).
+    """
+    source = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0.0)
+    lower = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    upper = np.minimum(lower + 1, in_size - 1)
+    frac = source - lower
+    matrix = np.zeros((out_size, in_size), np.float32)
+    np.add.at(matrix, (np.arange(out_size), lower), 1.0 - frac)
+    np.add.at(matrix, (np.arange(out_size), upper), frac)
+    return matrix
+
+
+def upsample_disp(disp: jax.Array, height: int, width: int) -> jax.Array:
+    """Bilinear resize of a disparity map to ``height x width``, align_corners=False.
+
+    Matches PyTorch's ``F.interpolate(mode='bilinear', align_corners=False)`` as Monodepth2 uses
+    it. When upsampling this equals ``jax.image.resize(..., 'linear')`` (also half-pixel centres;
+    its renormalised edge taps equal PyTorch's clamp), which tests/test_losses.py checks; the two
+    fixed interpolation matrices built here compile much faster than ``jax.image.resize``, whose
+    weight computation XLA constant-folds.
+
+    Args:
+      disp: ``[B, h, w, C]``.
+      height: output height ``H``.
+      width: output width ``W``.
+
+    Returns:
+      ``[B, H, W, C]``; ``disp`` itself when it already has that size.
+    """
+    _, in_height, in_width, _ = disp.shape
+    if (in_height, in_width) == (height, width):
+        return disp
+    rows = jnp.asarray(_interpolation_matrix(height, in_height), disp.dtype)
+    cols = jnp.asarray(_interpolation_matrix(width, in_width), disp.dtype)
+    return jnp.einsum("Hh,bhwc,Ww->bHWc", rows, disp, cols)
+
+
+def identity_errors(
+    target: jax.Array, sources: Mapping[Hashable, jax.Array], ssim_weight: float = 0.85
+) -> jax.Array:
+    """Photometric error of each *unwarped* source against the target (the automask baseline).
+
+    Args:
+      target: ``[B, H, W, 3]``.
+      sources: frame id -> ``[B, H, W, 3]``; channel order follows the mapping's iteration order.
+      ssim_weight: SSIM weight of the photometric error.
+
+    Returns:
+      ``[B, H, W, S]``.
+    """
+    stacked = jnp.stack(list(sources.values()))
+    return _stacked_errors(stacked, target, ssim_weight)
+
+
+def warp_sources(
+    depth: jax.Array,
+    sources: Mapping[Hashable, jax.Array],
+    poses: Mapping[Hashable, jax.Array],
+    K: jax.Array,
+    inv_K: jax.Array,
+    padding: str = "border",
+) -> dict[Hashable, jax.Array]:
+    """Synthesises the target view from every source frame.
+
+    Args:
+      depth: ``[B, H, W, 1]`` target depth.
+      sources: frame id -> ``[B, H, W, C]`` source image.
+      poses: frame id -> ``[B, 4, 4]`` target->source transform (or ``[B, H, W, 4, 4]`` per pixel).
+      K: ``[B, 4, 4]`` intrinsics at ``H x W``.
+      inv_K: ``[B, 4, 4]`` their inverse.
+      padding: ``'border'`` (Monodepth2) or ``'zeros'``.
+
+    Returns:
+      frame id -> ``[B, H, W, C]`` warped source, in the order of ``sources``.
+    """
+    _check_same_frames(sources, poses)
+    stacked = _warp_stacked(depth, sources, poses, K, inv_K, padding)
+    return dict(zip(sources, stacked))
+
+
+def reprojection_errors(
+    depth: jax.Array,
+    target: jax.Array,
+    sources: Mapping[Hashable, jax.Array],
+    poses: Mapping[Hashable, jax.Array],
+    K: jax.Array,
+    inv_K: jax.Array,
+    ssim_weight: float = 0.85,
+    padding: str = "border",
+) -> tuple[jax.Array, dict[Hashable, jax.Array]]:
+    """Per-pixel photometric error of every warped source against the target.
+
+    Args:
+      depth: ``[B, H, W, 1]`` target depth.
+      target: ``[B, H, W, 3]``.
+      sources, poses, K, inv_K, padding: as in ``warp_sources``.
+      ssim_weight: SSIM weight of the photometric error.
+
+    Returns:
+      ``(errors [B, H, W, S], warped)`` with ``warped`` frame id -> ``[B, H, W, 3]``; channel ``i``
+      of ``errors`` belongs to the ``i``-th frame of ``sources``.
+    """
+    _check_same_frames(sources, poses)
+    stacked = _warp_stacked(depth, sources, poses, K, inv_K, padding)
+    return _stacked_errors(stacked, target, ssim_weight), dict(zip(sources, stacked))
+
+
+# Sources are stacked and vmapped rather than looped over so that the jitted graph holds one warp
+# and one SSIM whatever the number of sources (compile time on CPU is dominated by these).
+def _warp_stacked(
+    depth: jax.Array,
+    sources: Mapping[Hashable, jax.Array],
+    poses: Mapping[Hashable, jax.Array],
+    K: jax.Array,
+    inv_K: jax.Array,
+    padding: str,
+) -> jax.Array:
+    """``[S, B, H, W, C]`` warped sources in the order of ``sources``."""
+    images = jnp.stack(list(sources.values()))
+    transforms = jnp.stack([poses[frame] for frame in sources])
+
+    def warp(image: jax.Array, transform: jax.Array) -> jax.Array:
+        return geometry.inverse_warp(image, depth, transform, K, inv_K, padding)[0]
+
+    return jax.vmap(warp)(images, transforms)
+
+
+def _stacked_errors(images: jax.Array, target: jax.Array, ssim_weight: float) -> jax.Array:
+    """Photometric error of ``[S, B, H, W, 3]`` images against the target -> ``[B, H, W, S]``."""
+    errors = jax.vmap(photometric_error, in_axes=(0, None, None))(images, target, ssim_weight)
+    return jnp.moveaxis(errors[..., 0], 0, -1)
+
+
+def masked_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Mean of ``values``, or ``sum(w * v) / (sum(w) + 1e-7)`` when ``weights`` are given.
+
+    Args:
+      values: ``[B, H, W, 1]`` per-pixel loss.
+      weights: ``[B, H, W, 1]`` non-negative weights, or None.
+
+    Returns:
+      Scalar.
+    """
+    if weights is None:
+        return jnp.mean(values)
+    if weights.shape != values.shape:
+        raise ValueError(
+            f"monodepth.masked_mean: weights {weights.shape} must match values {values.shape}"
+        )
+    return jnp.sum(weights * values) / (jnp.sum(weights) + _MASKED_MEAN_EPS)
+
+
+def photometric_loss_for_depth(
+    depth: jax.Array,
+    target: jax.Array,
+    sources: Mapping[Hashable, jax.Array],
+    poses: Mapping[Hashable, jax.Array],
+    K: jax.Array,
+    inv_K: jax.Array,
+    *,
+    identity: jax.Array | None = None,
+    noise_key: jax.Array | None = None,
+    ssim_weight: float = 0.85,
+    avg_reprojection: bool = False,
+    pixel_weights: jax.Array | None = None,
+    padding: str = "border",
+) -> tuple[jax.Array, dict[str, Any]]:
+    """Min-reprojection photometric loss of one full-resolution depth map.
+
+    Args:
+      depth: ``[B, H, W, 1]`` target depth.
+      target: ``[B, H, W, 3]``.
+      sources, poses, K, inv_K, padding: as in ``warp_sources``.
+      identity: ``[B, H, W, S]`` from ``identity_errors`` to enable the automask, or None.
+      noise_key: PRNG key for the identity tie-breaking noise, or None for none.
+      ssim_weight: SSIM weight of the photometric error.
+      avg_reprojection: average over sources instead of the per-pixel minimum.
+      pixel_weights: ``[B, H, W, 1]`` weights of the per-pixel loss in the mean, or None.
+
+    Returns:
+      ``(loss, aux)``: scalar loss and ``aux`` with ``'per_pixel'`` ``[B, H, W, 1]``,
+      ``'identity_selection'`` ``[B, H, W, 1]`` (1 = a warped source wins), ``'reprojection'``
+      ``[B, H, W, S]`` and ``'warped'`` (frame id -> ``[B, H, W, 3]``).
+    """
+    errors, warped = reprojection_errors(
+        depth, target, sources, poses, K, inv_K, ssim_weight, padding
+    )
+    per_pixel, selection = min_reprojection(errors, identity, noise_key, avg_reprojection)
+    aux = {
+        "per_pixel": per_pixel,
+        "identity_selection": selection["identity_selection"],
+        "reprojection": errors,
+        "warped": warped,
+    }
+    return masked_mean(per_pixel, pixel_weights), aux
+
+
+def monodepth_loss(
+    disps: Mapping[int, jax.Array],
+    target: jax.Array,
+    sources: Mapping[Hashable, jax.Array],
+    poses: Mapping[Hashable, jax.Array],
+    K: jax.Array,
+    inv_K: jax.Array,
+    target_pyramid: Mapping[int, jax.Array],
+    *,
+    key: jax.Array | None,
+    min_depth: float = 0.1,
+    max_depth: float = 100.0,
+    ssim_weight: float = 0.85,
+    smoothness_weight: float = 1e-3,
+    automask: bool = True,
+    avg_reprojection: bool = False,
+    pixel_weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, Any]]:
+    """Monodepth2's training objective (full-res multiscale, min reprojection, automask).
+
+    For each scale ``s``: ``disps[s]`` is upsampled to ``H x W``, converted to depth, every source
+    is warped into the target with border padding, and the per-pixel minimum over warped and
+    (with ``automask``) unwarped errors is averaged (``pixel_weights``-weighted if given). The
+    smoothness uses the native ``disps[s]`` against ``target_pyramid[s]`` with weight
+    ``smoothness_weight / 2**s``. ``total = sum_s(photo_s + weighted smooth_s) / num_scales``.
+
+    All images must be the un-augmented colour frames (the networks see the augmented ones).
+
+    Args:
+      disps: scale -> ``[B, H/2^s, W/2^s, 1]`` sigmoid disparity at its native resolution.
+      target: ``[B, H, W, 3]`` frame 0 at full resolution.
+      sources: frame id -> ``[B, H, W, 3]`` source frames (e.g. -1 and +1).
+      poses: frame id -> ``[B, 4, 4]`` target->source transform ``T(0 -> f)``.
+      K: ``[B, 4, 4]`` intrinsics at ``H x W``.
+      inv_K: ``[B, 4, 4]`` their inverse.
+      target_pyramid: scale -> ``[B, H/2^s, W/2^s, 3]`` frame 0 resized to each scale.
+      key: PRNG key for the automask tie-breaking noise (folded with the scale), or None.
+      min_depth: depth at disparity 1.
+      max_depth: depth at disparity 0.
+      ssim_weight: SSIM weight in the photometric error (L1 gets the rest).
+      smoothness_weight: smoothness weight at scale 0.
+      automask: compete with the identity (unwarped) errors.
+      avg_reprojection: average over sources instead of the minimum.
+      pixel_weights: ``[B, H, W, 1]`` weights of the per-pixel photometric loss, or None.
+
+    Returns:
+      ``(total, aux)``. Scalars in ``aux``: ``'photometric/s{s}'`` and ``'smoothness/s{s}'``
+      (unweighted), ``'photometric'`` (mean over scales) and ``'smoothness'`` (weighted, divided by
+      the number of scales), so ``total = photometric + smoothness``. Images at the finest scale:
+      ``'identity_selection'`` ``[B, H, W, 1]`` (1 = a warped source wins), ``'warped/{f}'``
+      ``[B, H, W, 3]`` per source, ``'depth'`` ``[B, H, W, 1]``.
+    """
+    scales = sorted(disps)
+    _check_inputs(disps, target, sources, poses, K, inv_K, target_pyramid, pixel_weights)
+    _, height, width, _ = target.shape
+    identity = identity_errors(target, sources, ssim_weight) if automask else None
+
+    # All scales share the full-resolution target, sources and poses, so one vmapped photometric
+    # graph serves every scale (a quarter of the compile time of a Python loop over scales).
+    depths = jnp.stack([
+        geometry.disp_to_depth(upsample_disp(disps[s], height, width), min_depth, max_depth)[1]
+        for s in scales
+    ])
+    scale_ids = jnp.asarray(scales, jnp.uint32)
+
+    def photometric_at_scale(depth: jax.Array, scale_id: jax.Array):
+        noise_key = None if key is None or not automask else _fold_in(key, scale_id)
+        return photometric_loss_for_depth(
+            depth,
+            target,
+            sources,
+            poses,
+            K,
+            inv_K,
+            identity=identity,
+            noise_key=noise_key,
+            ssim_weight=ssim_weight,
+            avg_reprojection=avg_reprojection,
+            pixel_weights=pixel_weights,
+        )
+
+    photometric_per_scale, photo_aux = jax.vmap(photometric_at_scale)(depths, scale_ids)
+
+    aux: dict[str, Any] = {}
+    smoothness_sum = 0.0
+    for index, scale in enumerate(scales):
+        smoothness = edge_aware_smoothness(disps[scale], target_pyramid[scale])
+        smoothness_sum = smoothness_sum + smoothness_weight * smoothness / (2**scale)
+        aux[f"photometric/s{scale}"] = photometric_per_scale[index]
+        aux[f"smoothness/s{scale}"] = smoothness
+    aux["identity_selection"] = photo_aux["identity_selection"][0]
+    aux["depth"] = depths[0]
+    for frame, warped in photo_aux["warped"].items():
+        aux[f"warped/{frame}"] = warped[0]
+
+    num_scales = len(scales)
+    aux["photometric"] = jnp.mean(photometric_per_scale)
+    aux["smoothness"] = smoothness_sum / num_scales
+    total = aux["photometric"] + aux["smoothness"]
+    return total, aux
+
+
+def _fold_in(key: jax.Array, data) -> jax.Array:
+    """`jax.random.fold_in` for one key or a batch of per-sample keys (see tie_breaking_noise)."""
+    batched = key.ndim == 2 if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else (
+        key.ndim == 1)
+    if batched:
+        return jax.vmap(lambda k: jax.random.fold_in(k, data))(key)
+    return jax.random.fold_in(key, data)
+
+
+def _check_same_frames(sources: Mapping[Hashable, Any], poses: Mapping[Hashable, Any]) -> None:
+    if not sources:
+        raise ValueError("monodepth: sources is empty; at least one source frame is needed")
+    missing = [frame for frame in sources if frame not in poses]
+    if missing:
+        raise ValueError(
+            f"monodepth: no pose for source frame(s) {missing}; poses has {list(poses)}"
+        )
+
+
+def _check_inputs(
+    disps: Mapping[int, jax.Array],
+    target: jax.Array,
+    sources: Mapping[Hashable, jax.Array],
+    poses: Mapping[Hashable, jax.Array],
+    K: jax.Array,
+    inv_K: jax.Array,
+    target_pyramid: Mapping[int, jax.Array],
+    pixel_weights: jax.Array | None,
+) -> None:
+    """Raises ValueError naming the argument whose shape breaks the contract (shapes are static)."""
+    if not disps:
+        raise ValueError("monodepth_loss: disps is empty")
+    if target.ndim != 4:
+        raise ValueError(f"monodepth_loss: target must be [B, H, W, 3], got {target.shape}")
+    batch, height, width, _ = target.shape
+    _check_same_frames(sources, poses)
+    for frame, source in sources.items():
+        if source.shape != target.shape:
+            raise ValueError(
+                f"monodepth_loss: sources[{frame}] has shape {source.shape}, expected the target "
+                f"shape {target.shape}"
+            )
+    for name, matrix in (("K", K), ("inv_K", inv_K)):
+        if matrix.shape != (batch, 4, 4):
+            raise ValueError(f"monodepth_loss: {name} must be [{batch}, 4, 4], got {matrix.shape}")
+    for scale, disp in disps.items():
+        if disp.ndim != 4 or disp.shape[0] != batch or disp.shape[-1] != 1:
+            raise ValueError(
+                f"monodepth_loss: disps[{scale}] must be [{batch}, h, w, 1], got {disp.shape}"
+            )
+        if scale not in target_pyramid:
+            raise ValueError(
+                f"monodepth_loss: target_pyramid has no scale {scale} (has {list(target_pyramid)})"
+            )
+        if target_pyramid[scale].shape[:3] != disp.shape[:3]:
+            raise ValueError(
+                f"monodepth_loss: target_pyramid[{scale}] {target_pyramid[scale].shape} does not "
+                f"match disps[{scale}] {disp.shape}"
+            )
+    if pixel_weights is not None and pixel_weights.shape != (batch, height, width, 1):
+        raise ValueError(
+            f"monodepth_loss: pixel_weights must be [{batch}, {height}, {width}, 1], got "
+            f"{pixel_weights.shape}"
+        )

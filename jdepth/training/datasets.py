@@ -1,0 +1,59 @@
+"""Where the training data comes from: a KITTI root, or the synthetic set generated on first use.
+
+`config.data.synthetic` (a dict of generator arguments) with no `config.data.root` means: generate
+the synthetic KITTI tree once into `config.data.cache_dir` (default `~/.cache/jdepth`), keyed by the
+generator arguments, and train on it. The generator writes to a temporary folder and renames it
+when complete, so an interrupted generation is never mistaken for a dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import ml_collections
+
+
+def _synthetic_root(config) -> str:
+    args = config.data.synthetic.to_dict()
+    key = hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()[:10]
+    cache = os.path.expanduser(config.data.get("cache_dir") or "~/.cache/jdepth")
+    return os.path.join(cache, f"synthetic_kitti_{key}")
+
+
+def ensure_synthetic(config) -> str:
+    """Generates the synthetic dataset described by `config.data.synthetic` unless it exists."""
+    from jdepth.data import synthetic
+
+    root = _synthetic_root(config)
+    if os.path.exists(os.path.join(root, "splits", "test_files.txt")):
+        return root
+    tmp = root + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"Generating the synthetic KITTI dataset into {root} (once) ...", flush=True)
+    synthetic.make_dataset(tmp, **config.data.synthetic.to_dict())
+    os.replace(tmp, root)
+    return root
+
+
+def resolve_data(config, workdir: str) -> ml_collections.ConfigDict:
+    """Returns a copy of `config` with `data.root` and the split files filled in and checked."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    d = config.data
+    if not d.get("root"):
+        if not d.get("synthetic") or not d.synthetic.to_dict():
+            raise ValueError(
+                "config.data.root is not set: pass --config.data.root=/path/to/kitti_raw "
+                "(or use configs/demo.py, which generates synthetic data)"
+            )
+        d.root = ensure_synthetic(config)
+    split_dir = d.get("split_dir") or os.path.join(d.root, "splits")
+    for split in ("train", "val", "test"):
+        key = f"{split}_split"
+        if not d.get(key):
+            d[key] = os.path.join(split_dir, f"{split}_files.txt")
+        if not os.path.exists(d[key]):
+            raise FileNotFoundError(f"{d[key]}: {split} split file not found")
+    return config

@@ -1,0 +1,234 @@
+"""`train_and_evaluate(config, workdir)`: the training loop shared by every recipe.
+
+Sections: data, model and optimizer, resume, loop (step, log, NaN check, checkpoint, periodic
+eval), final evaluation. Recipe specifics live in the recipe's module (see training/recipes.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from jdepth.colormap import colorize
+from jdepth.data import pipeline
+from jdepth.eval import depth_eval
+from jdepth.eval.metrics import format_metrics_table
+from jdepth.inference import DepthPredictor
+from jdepth.training import checkpoint, recipes
+from jdepth.training.datasets import resolve_data
+from jdepth.training import parallel as parallel_lib
+from jdepth.training.parallel import DataParallel
+from jdepth.training.state import TrainState, make_optimizer, param_count
+from jdepth.training.summary import SummaryWriter
+
+log = logging.getLogger("jdepth")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a logged loss term is NaN or infinite; no checkpoint of that state is written."""
+
+
+def pipeline_config(config) -> pipeline.PipelineConfig:
+    d = config.data
+    return pipeline.PipelineConfig(
+        root=d.root,
+        height=d.height,
+        width=d.width,
+        frame_ids=tuple(d.frame_ids),
+        num_scales=len(config.model.scales),
+        img_ext=d.get("img_ext"),
+        on_missing=d.get("on_missing", "raise"),
+        load_panoptic=bool(d.get("load_panoptic", False)),
+        load_velocity=bool(d.get("load_velocity", False)),
+    )
+
+
+def _check_finite(metrics: dict, step: int) -> None:
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite training metrics at step {step}: {', '.join(bad)}. Training stopped; the "
+            "last checkpoint predates this state. Usual causes: learning rate too high, a corrupt "
+            "input frame (check the data), or a pose net fine-tuned on tiny data (monodepth2#160)."
+        )
+
+
+def evaluate(predictor: DepthPredictor, config, split: str, workdir: str, max_images=None):
+    """Metrics of `predictor` on split `split` ('val' or 'test') with cached velodyne GT."""
+    split_file = config.data[f"{split}_split"]
+    gt = depth_eval.gt_depths_for_split(
+        config.data.root, split_file, os.path.join(workdir, "eval", f"gt_{split}.npz")
+    )
+    return depth_eval.evaluate_split(
+        predictor, config.data.root, split_file, gt,
+        median_scaling=not predictor.absolute, max_images=max_images,
+    )
+
+
+def _depth_images(predictor, batch) -> dict:
+    images = batch["images"][:2, 0]
+    disp = predictor.predict_disparity(images, batch_size=len(images))
+    return {f"depth/{i}": np.concatenate([images[i], colorize(disp[i])], 0) for i in range(len(images))}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains (or resumes) the configured recipe in `workdir`; returns the final test metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    # ---------------------------------------------------------------------------------- data
+    config = resolve_data(config, workdir)
+    checkpoint.save_config(workdir, config)
+    pcfg = pipeline_config(config)
+    n_train = pipeline.split_length(config.data.train_split)
+    batch_size = config.train.batch_size
+    steps_per_epoch = max(1, n_train // batch_size)
+    total_steps = config.train.get("max_steps") or config.train.num_epochs * steps_per_epoch
+
+    # ------------------------------------------------------------------ model and optimizer
+    recipe = recipes.get(config.recipe)
+    bn_axis = parallel_lib.AXIS if config.train.parallel == "pmap" else None
+    networks = recipe.build_networks(config, bn_axis_name=bn_axis)
+    params, batch_stats = recipe.init_variables(
+        networks, config, jax.random.PRNGKey(config.seed)
+    )
+    tx = make_optimizer(config.optim, steps_per_epoch)
+    state = TrainState.create(params, batch_stats, tx, recipes.init_extra(recipe, config))
+    step_fn = functools.partial(recipe.train_step, networks=networks, config=config)
+    parallel = DataParallel(step_fn, mode=config.train.parallel)
+    log.info("params: %s", {k: param_count(v) for k, v in state.params.items()})
+
+    # ----------------------------------------------------------------------------- resume
+    ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.train.max_to_keep)
+    ds = pipeline.make_dataset(
+        pcfg, config.data.train_split, batch_size=batch_size, seed=config.seed, train=True
+    )
+    data_iter = pipeline.make_iterator(ds, num_workers=config.data.num_workers)
+    start_step = 0
+    if ckpt.latest_step() is not None:
+        model = {"params": state.params, "batch_stats": state.batch_stats, "extra": state.extra}
+        opt = {"step": np.int64(0), "opt_state": state.opt_state}
+        model, opt, data_state, start_step = ckpt.restore(model, opt)
+        state = state.replace(
+            step=int(opt["step"]), opt_state=opt["opt_state"], **model
+        )
+        if data_state:
+            data_iter.set_state(data_state)
+        log.info("resumed from step %d", start_step)
+        print(f"Resuming {workdir} from step {start_step}", flush=True)
+
+    state = parallel.put_state(state)
+    rng = jax.random.PRNGKey(config.seed + 1)
+    writer = SummaryWriter(workdir, enabled=jax.process_index() == 0)
+
+    def save(step):
+        host = parallel.get_state(state)
+        ckpt.save(
+            step,
+            {"params": host.params, "batch_stats": host.batch_stats, "extra": host.extra},
+            {"step": np.int64(host.step), "opt_state": host.opt_state},
+            data_iter.get_state(),
+        )
+
+    predictor = None
+
+    def predictor_now():
+        # One predictor (one compiled forward pass) for every evaluation of the run.
+        nonlocal predictor
+        host = parallel.get_state(state)
+        if predictor is None:
+            predictor = DepthPredictor(config, host.params, host.batch_stats, host.extra)
+        predictor.params, predictor.batch_stats, predictor.extra = (
+            host.params, host.batch_stats, host.extra)
+        return predictor
+
+    # ------------------------------------------------------------------------------- loop
+    eval_every = config.train.eval_every_epochs * steps_per_epoch if config.train.eval_every_epochs else 0
+    bar = tqdm(total=total_steps, initial=start_step, desc=config.recipe, dynamic_ncols=True,
+               disable=not config.train.progress_bar)
+    t_window, n_window = time.perf_counter(), 0
+    step = start_step
+    while step < total_steps:
+        host_batch = next(data_iter)
+        batch = parallel.put_batch(host_batch)
+        state, metrics = parallel.step(state, batch, rng)
+        step += 1
+        n_window += 1
+        bar.update(1)
+        if step % config.train.log_every == 0 or step == total_steps or step == start_step + 1:
+            host_metrics = parallel.metrics_to_host(metrics)
+            _check_finite(host_metrics, step)
+            elapsed = time.perf_counter() - t_window
+            sps = n_window * batch_size / max(elapsed, 1e-9)
+            host_metrics.update(
+                samples_per_second=sps,
+                epoch=step / steps_per_epoch,
+                learning_rate=float(tx_lr(config, steps_per_epoch, step)),
+                num_traces=parallel.num_traces,
+            )
+            if step == start_step + 1:
+                host_metrics["compile_seconds"] = parallel.compile_seconds
+            writer.scalars(step, host_metrics)
+            bar.set_postfix(loss=f"{host_metrics['loss']:.4f}", sps=f"{sps:.1f}")
+            t_window, n_window = time.perf_counter(), 0
+        if step % config.train.ckpt_every_steps == 0 or step == total_steps:
+            save(step)
+        if eval_every and step % eval_every == 0 and step < total_steps:
+            current = predictor_now()
+            val = evaluate(current, config, "val", workdir, config.train.get("eval_max_images"))
+            writer.scalars(step, {f"val/{k}": v for k, v in val.items()})
+            writer.images(step, _depth_images(current, host_batch))
+            bar.write(f"step {step}: val abs_rel {val['abs_rel']:.4f} a1 {val['a1']:.4f}")
+    bar.close()
+    ckpt.close()
+
+    # -------------------------------------------------------------------- final evaluation
+    final = predictor_now()
+    result = evaluate(final, config, "test", workdir)
+    result["num_traces"] = parallel.num_traces
+    writer.scalars(total_steps, {f"test/{k}": v for k, v in result.items() if np.isscalar(v)})
+    writer.close()
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    print(f"\nTest split ({config.data.test_split}), "
+          f"{'absolute depth' if final.absolute else 'median-scaled'}:")
+    print(format_metrics_table(result))
+    baseline = mean_depth_baseline(config, workdir, median_scaling=not final.absolute)
+    if baseline is not None:
+        print("\nBaseline: the average training depth map predicted for every test image:")
+        print(format_metrics_table(baseline))
+        result["baseline_mean_depth"] = baseline
+    with open(os.path.join(workdir, "eval", "train_final_test_metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def mean_depth_baseline(config, workdir: str, median_scaling: bool = True) -> dict | None:
+    """Test metrics of the "average training depth map" baseline, when dense training depth exists.
+
+    The synthetic set has dense depth for every frame; KITTI has it only where the improved ground
+    truth was downloaded, so the baseline is skipped (None) when any training frame lacks it.
+    """
+    from jdepth.data import kitti
+
+    refs = kitti.read_split_file(config.data.train_split)
+    if not all(os.path.exists(kitti.benchmark_gt_path(config.data.root, r)) for r in refs):
+        return None
+    depth_map = depth_eval.mean_depth_map(
+        config.data.root, refs, config.data.height, config.data.width
+    )
+    gt = depth_eval.gt_depths_for_split(
+        config.data.root, config.data.test_split, os.path.join(workdir, "eval", "gt_test.npz")
+    )
+    return depth_eval.evaluate_constant_prediction(depth_map, gt, median_scaling=median_scaling)
+
+
+def tx_lr(config, steps_per_epoch: int, step: int) -> float:
+    """Learning rate in effect at `step` (for logging)."""
+    drops = sum(1 for e in config.optim.decay_epochs if step >= int(e) * steps_per_epoch)
+    return config.optim.lr * config.optim.decay_factor**drops

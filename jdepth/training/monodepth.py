@@ -1,0 +1,207 @@
+"""The Monodepth2 recipe family: networks, init, the pure train step and the eval forward pass.
+
+One step = depth on the jittered target, one pose per source frame, the full-resolution multi-scale
+photometric objective on the un-augmented frames. Plug-in losses (ISSL, ...) hook in through
+`extra_losses` in the config; recipes with other networks (ManyDepth, students) have their own step
+module and reuse the pieces here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jdepth import geometry
+from jdepth.data import device_transforms
+from jdepth.losses import monodepth as monodepth_losses
+from jdepth.models.depth_decoder import DepthNet
+from jdepth.models.pose_net import PoseNet
+from jdepth.training.state import TrainState
+
+Metrics = dict[str, jax.Array]
+
+
+def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Module]:
+    """The depth and pose networks of the recipe, as linen modules (pure `apply`)."""
+    dtype = jnp.dtype(config.model.dtype)
+    return {
+        "depth": DepthNet(
+            num_layers=config.model.num_layers,
+            scales=tuple(config.model.scales),
+            bn_axis_name=bn_axis_name,
+            dtype=dtype,
+        ),
+        "pose": PoseNet(
+            num_layers=config.model.pose_num_layers, bn_axis_name=bn_axis_name, dtype=dtype
+        ),
+    }
+
+
+def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
+    """Initial (params, batch_stats), both dicts keyed by network name."""
+    h, w = config.data.height, config.data.width
+    image = jnp.zeros((1, h, w, 3), jnp.float32)
+    depth_rng, pose_rng = jax.random.split(rng)
+    depth_vars = networks["depth"].init(depth_rng, image, train=False)
+    pose_vars = networks["pose"].init(pose_rng, image, image, train=False)
+    params = {"depth": depth_vars["params"], "pose": pose_vars["params"]}
+    batch_stats = {"depth": depth_vars["batch_stats"], "pose": pose_vars["batch_stats"]}
+    return params, batch_stats
+
+
+def predict_poses(
+    pose_net: nn.Module, params, batch_stats, frames: dict[int, jax.Array], train: bool
+) -> tuple[dict[int, jax.Array], Any]:
+    """cam_T_cam from frame 0 to every other frame id, in Monodepth2's pair order.
+
+    For f < 0 the network sees [I_f, I_0] and the matrix is inverted; for f > 0 it sees [I_0, I_f].
+    Each pair is its own call (not one batched call) so BatchNorm statistics match the reference.
+
+    Returns:
+      ({f: [B, 4, 4]}, updated batch_stats).
+    """
+    poses = {}
+    for f in sorted(k for k in frames if k != 0):
+        pair = (frames[f], frames[0]) if f < 0 else (frames[0], frames[f])
+        variables = {"params": params, "batch_stats": batch_stats}
+        if train:
+            ((axisangle, translation), _), updates = pose_net.apply(
+                variables, *pair, train=True, mutable=["batch_stats"]
+            )
+            batch_stats = updates["batch_stats"]
+        else:
+            (axisangle, translation), _ = pose_net.apply(variables, *pair, train=False)
+        poses[f] = geometry.transformation_from_parameters(axisangle, translation, invert=f < 0)
+    return poses, batch_stats
+
+
+def prepare_batch(batch: dict, config):
+    """Device-side preprocessing: floats, jitter, per-frame dicts, scale-0 intrinsics."""
+    color, color_aug, pyramid = device_transforms.prepare_images(
+        batch["images"], batch["jitter"], len(config.model.scales)
+    )
+    frame_ids = tuple(config.data.frame_ids)
+    frames = {f: color[:, i] for i, f in enumerate(frame_ids)}
+    frames_aug = {f: color_aug[:, i] for i, f in enumerate(frame_ids)}
+    return frames, frames_aug, pyramid, batch["K"][:, 0], batch["inv_K"][:, 0]
+
+
+def automask_noise_key(rng: jax.Array, indices: jax.Array) -> jax.Array:
+    """One key per sample, from the sample's index in the split.
+
+    Keying the automask tie-breaking noise by the sample (not by device or batch position) makes a
+    run on N devices produce exactly the numbers of a 1-device run with the same global batch.
+    """
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(indices)
+
+
+def photometric_objective(
+    disps, frames, pyramid, poses, K, inv_K, sample_keys, config, pixel_weights=None
+):
+    """The Monodepth2 objective for one set of predictions; returns (total, aux)."""
+    sources = {f: img for f, img in frames.items() if f != 0}
+    return monodepth_losses.monodepth_loss(
+        disps,
+        frames[0],
+        sources,
+        poses,
+        K,
+        inv_K,
+        {s: pyramid[s] for s in range(len(pyramid))},
+        key=sample_keys,
+        min_depth=config.model.min_depth,
+        max_depth=config.model.max_depth,
+        ssim_weight=config.loss.ssim_weight,
+        smoothness_weight=config.loss.smoothness_weight,
+        automask=config.loss.automask,
+        avg_reprojection=config.loss.avg_reprojection,
+        pixel_weights=pixel_weights,
+    )
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    networks: dict[str, nn.Module],
+    config,
+    axis_name: str | None,
+    extra_loss_fn=None,
+) -> tuple[TrainState, Metrics]:
+    """One optimisation step of the Monodepth2 family.
+
+    Args:
+      state: TrainState with params/batch_stats {"depth", "pose"}.
+      batch: one (per-device) batch from the pipeline (see jdepth.data.pipeline).
+      rng: base key; the step's key is fold_in(rng, step), so resuming replays the same noise.
+      networks: from `build_networks`.
+      config: the experiment config (static).
+      axis_name: pmap axis to average gradients over, or None under jit.
+      extra_loss_fn: optional plug-in `(params, batch_stats, inputs, outputs, rng) -> (loss, aux)`
+        added to the total (ISSL uses this).
+
+    Returns:
+      (new state, metrics) with every loss term by name.
+    """
+    step_rng = jax.random.fold_in(rng, state.step)
+    frames, frames_aug, pyramid, K, inv_K = prepare_batch(batch, config)
+    sample_keys = automask_noise_key(step_rng, batch["index"])
+
+    def loss_fn(params):
+        depth_vars = {"params": params["depth"], "batch_stats": state.batch_stats["depth"]}
+        (disps, depth_aux), depth_updates = networks["depth"].apply(
+            depth_vars, frames_aug[0], train=True, mutable=["batch_stats"]
+        )
+        poses, pose_stats = predict_poses(
+            networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, train=True
+        )
+        total, aux = photometric_objective(
+            disps, frames, pyramid, poses, K, inv_K, sample_keys, config
+        )
+        batch_stats = {"depth": depth_updates["batch_stats"], "pose": pose_stats}
+        if extra_loss_fn is not None:
+            inputs = {"frames": frames, "frames_aug": frames_aug, "K": K, "inv_K": inv_K}
+            outputs = {"disps": disps, "poses": poses}
+            extra, extra_aux = extra_loss_fn(
+                params, batch_stats, inputs, outputs, jax.random.fold_in(step_rng, 1)
+            )
+            total = total + extra
+            aux = {**aux, **extra_aux}
+        return total, (aux, batch_stats)
+
+    (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+    new_state = state.apply_gradients(grads, batch_stats)
+    metrics = {"loss": loss, **{k: v for k, v in aux.items() if jnp.ndim(v) == 0}}
+    metrics["grad_norm"] = _global_norm(grads)
+    if axis_name is not None:
+        metrics = jax.lax.pmean(metrics, axis_name)
+    return new_state, metrics
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def predict_disparity(
+    params, batch_stats, extra, images: jax.Array, *, networks, config
+) -> jax.Array:
+    """Eval forward pass: scaled disparity at scale 0, [B, H, W, 1] (evaluation inverts it).
+
+    Args:
+      params, batch_stats: dicts keyed by network name.
+      extra: recipe state outside gradients (unused by this family).
+      images: [B, H, W, 3] float in [0, 1] at the training resolution.
+    """
+    del extra
+    variables = {"params": params["depth"], "batch_stats": batch_stats["depth"]}
+    disps, _ = networks["depth"].apply(variables, images, train=False)
+    scaled_disp, _ = geometry.disp_to_depth(
+        disps[0], config.model.min_depth, config.model.max_depth
+    )
+    return scaled_disp
