@@ -5,7 +5,9 @@ pixel centres at integer coordinates (pixel row i, column j is the point x=j, y=
 intrinsics ``K``/``inv_K`` at the resolution in use, and ``T`` maps homogeneous target-camera points
 into the source camera, ``X_src = T @ X_tgt`` (Monodepth2's ``cam_T_cam``).
 
-Every function is pure, batched over a leading ``B`` axis and safe to ``jax.jit``.
+Every function is pure, batched over a leading ``B`` axis and safe to ``jax.jit`` and ``jax.vmap``.
+``bilinear_sample`` and ``inverse_warp`` carry hand-written VJPs (for CPU speed): they support
+reverse-mode differentiation (``jax.grad``, ``jax.vjp``) but not forward mode (``jax.jvp``).
 """
 
 from __future__ import annotations

@@ -129,6 +129,22 @@ def test_min_reprojection_noise_breaks_ties_only_slightly():
     np.testing.assert_array_equal(aux["identity_selection"][0, 0, :, 0], [0.0, 1.0, 0.0])
 
 
+def test_per_sample_noise_keys_do_not_depend_on_the_batch_split():
+    keys = jax.random.split(jax.random.key(7), 2)
+    identity = jnp.zeros((2, 3, 4, 2))
+    reprojection = jnp.ones((2, 3, 4, 2))
+    # identity 0 + noise always beats 1, so the loss is the min of the two noise draws
+    whole, _ = photometric.min_reprojection(reprojection, identity, keys)
+    split = [
+        photometric.min_reprojection(reprojection[i:i + 1], identity[i:i + 1], keys[i:i + 1])[0]
+        for i in range(2)
+    ]
+    np.testing.assert_array_equal(whole, jnp.concatenate(split))
+    noise = photometric.tie_breaking_noise(keys[1], (3, 4, 2))
+    np.testing.assert_allclose(whole[1, ..., 0], 1e-5 * jnp.min(noise, axis=-1), rtol=1e-6)
+    assert float(jnp.std(whole)) > 0
+
+
 def test_min_reprojection_average_and_no_automask():
     loss, aux = photometric.min_reprojection(_REPROJECTION, _IDENTITY, avg_reprojection=True)
     # mean reprojection [1.5, 0.3, 3.0] vs mean identity [2.6, 1.0, 3.25]

@@ -79,8 +79,9 @@ def identity_errors(
     Returns:
       ``[B, H, W, S]``.
     """
-    stacked = jnp.stack(list(sources.values()))
-    return _stacked_errors(stacked, target, ssim_weight)
+    return jnp.concatenate(
+        [photometric_error(source, target, ssim_weight) for source in sources.values()], axis=-1
+    )
 
 
 def warp_sources(
@@ -105,8 +106,10 @@ def warp_sources(
       frame id -> ``[B, H, W, C]`` warped source, in the order of ``sources``.
     """
     _check_same_frames(sources, poses)
-    stacked = _warp_stacked(depth, sources, poses, K, inv_K, padding)
-    return dict(zip(sources, stacked))
+    return {
+        frame: geometry.inverse_warp(source, depth, poses[frame], K, inv_K, padding)[0]
+        for frame, source in sources.items()
+    }
 
 
 def reprojection_errors(
@@ -131,35 +134,11 @@ def reprojection_errors(
       ``(errors [B, H, W, S], warped)`` with ``warped`` frame id -> ``[B, H, W, 3]``; channel ``i``
       of ``errors`` belongs to the ``i``-th frame of ``sources``.
     """
-    _check_same_frames(sources, poses)
-    stacked = _warp_stacked(depth, sources, poses, K, inv_K, padding)
-    return _stacked_errors(stacked, target, ssim_weight), dict(zip(sources, stacked))
-
-
-# Sources are stacked and vmapped rather than looped over so that the jitted graph holds one warp
-# and one SSIM whatever the number of sources (compile time on CPU is dominated by these).
-def _warp_stacked(
-    depth: jax.Array,
-    sources: Mapping[Hashable, jax.Array],
-    poses: Mapping[Hashable, jax.Array],
-    K: jax.Array,
-    inv_K: jax.Array,
-    padding: str,
-) -> jax.Array:
-    """``[S, B, H, W, C]`` warped sources in the order of ``sources``."""
-    images = jnp.stack(list(sources.values()))
-    transforms = jnp.stack([poses[frame] for frame in sources])
-
-    def warp(image: jax.Array, transform: jax.Array) -> jax.Array:
-        return geometry.inverse_warp(image, depth, transform, K, inv_K, padding)[0]
-
-    return jax.vmap(warp)(images, transforms)
-
-
-def _stacked_errors(images: jax.Array, target: jax.Array, ssim_weight: float) -> jax.Array:
-    """Photometric error of ``[S, B, H, W, 3]`` images against the target -> ``[B, H, W, S]``."""
-    errors = jax.vmap(photometric_error, in_axes=(0, None, None))(images, target, ssim_weight)
-    return jnp.moveaxis(errors[..., 0], 0, -1)
+    warped = warp_sources(depth, sources, poses, K, inv_K, padding)
+    errors = jnp.concatenate(
+        [photometric_error(image, target, ssim_weight) for image in warped.values()], axis=-1
+    )
+    return errors, warped
 
 
 def masked_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
@@ -262,7 +241,9 @@ def monodepth_loss(
       K: ``[B, 4, 4]`` intrinsics at ``H x W``.
       inv_K: ``[B, 4, 4]`` their inverse.
       target_pyramid: scale -> ``[B, H/2^s, W/2^s, 3]`` frame 0 resized to each scale.
-      key: PRNG key for the automask tie-breaking noise (folded with the scale), or None.
+      key: PRNG key for the automask tie-breaking noise (folded with the scale), or one key per
+        sample (``[B]`` typed / ``[B, 2]`` raw) so the noise does not depend on how the batch is
+        split over devices, or None for no noise.
       min_depth: depth at disparity 1.
       max_depth: depth at disparity 0.
       ssim_weight: SSIM weight in the photometric error (L1 gets the rest).
@@ -284,7 +265,9 @@ def monodepth_loss(
     identity = identity_errors(target, sources, ssim_weight) if automask else None
 
     # All scales share the full-resolution target, sources and poses, so one vmapped photometric
-    # graph serves every scale (a quarter of the compile time of a Python loop over scales).
+    # graph serves every scale: a quarter of the compile time of a Python loop over scales, at the
+    # same run time. (Sources stay a Python loop: vmapping over them batches the gather operand,
+    # which JAX lowers with materialised index arrays, and that ran ~1.8x slower.)
     depths = jnp.stack([
         geometry.disp_to_depth(upsample_disp(disps[s], height, width), min_depth, max_depth)[1]
         for s in scales

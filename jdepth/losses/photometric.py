@@ -2,7 +2,7 @@
 
 All maps are NHWC. The SSIM is Monodepth2's, not the library one: a 3x3 box filter on
 reflection-padded images (tf.image.ssim / dm-pix use an 11x11 Gaussian, which gives different
-values).
+values). ``ssim_loss`` has a hand-written VJP, so it is reverse-mode differentiable only.
 """
 
 from __future__ import annotations
@@ -169,8 +169,9 @@ def min_reprojection(
     Args:
       reprojection: ``[B, H, W, S]`` error of each warped source.
       identity: ``[B, H, W, S_id]`` error of each unwarped source, or None to disable automasking.
-      noise_key: PRNG key; when given, ``N(0, 1) * 1e-5`` is added to the identity errors to break
-        ties (e.g. a static scene where warp and identity are equal).
+      noise_key: PRNG key, or one key per sample (see ``tie_breaking_noise``); when given,
+        ``N(0, 1) * 1e-5`` is added to the identity errors to break ties (e.g. a static scene
+        where warp and identity are equal).
       avg_reprojection: average the errors over sources (and the identity errors over their
         sources) instead of keeping them apart for the minimum (Monodepth2 ``--avg_reprojection``).
 

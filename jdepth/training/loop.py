@@ -90,6 +90,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     batch_size = config.train.batch_size
     steps_per_epoch = max(1, n_train // batch_size)
     total_steps = config.train.get("max_steps") or config.train.num_epochs * steps_per_epoch
+    # Steps that schedule by epoch (ISSL's rotation range, ManyDepth's teacher freeze) read this.
+    config.train.steps_per_epoch = steps_per_epoch
 
     # ------------------------------------------------------------------ model and optimizer
     recipe = recipes.get(config.recipe)
