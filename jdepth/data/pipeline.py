@@ -133,35 +133,40 @@ def _normalised_intrinsics(calib_dir: str, cam: int) -> np.ndarray:
     return kitti.normalised_intrinsics(kitti.load_camera_calibration(calib_dir, cam))
 
 
-def load_sample(record, rng: np.random.Generator, cfg: PipelineConfig, train: bool) -> dict:
-    """Reads and augments one sample (grain `random_map` body). See the module docstring."""
-    index, ref = record
-    cam = kitti.side_to_camera(ref.side)
-    flipped = bool(train and rng.random() < cfg.flip_prob)
-    jitter = draw_color_jitter(rng, cfg) if train else np.zeros(5, np.float32)
+def draw_augmentation(rng: np.random.Generator | None, cfg: PipelineConfig, train: bool):
+    """The per-sample random draws, in a fixed order (flip, then jitter) every source shares."""
+    if not train:
+        return False, np.zeros(5, np.float32)
+    flipped = bool(rng.random() < cfg.flip_prob)
+    return flipped, draw_color_jitter(rng, cfg)
 
-    images, panoptic, velocity = [], [], []
-    for offset in cfg.frame_ids:
-        frame_index = kitti.neighbour_index(cfg.root, ref, offset, on_missing=cfg.on_missing)
-        path = kitti.image_path(cfg.root, ref, frame_index=frame_index, ext=cfg.img_ext)
-        image = resize_image(kitti.load_image(path), cfg.height, cfg.width, path)
-        images.append(image)
-        if cfg.load_panoptic:
-            label = kitti.load_panoptic(kitti.panoptic_path(cfg.root, ref, frame_index=frame_index))
-            panoptic.append(resize_labels(label, cfg.height, cfg.width))
-        if cfg.load_velocity:
-            oxts = kitti.read_oxts(kitti.oxts_path(cfg.root, ref, frame_index=frame_index))
-            velocity.append(oxts["vf"])
 
-    images = np.stack(images)
+def assemble_sample(
+    index: int,
+    images: list[np.ndarray],
+    k_norm: np.ndarray,
+    flipped: bool,
+    jitter: np.ndarray,
+    cfg: PipelineConfig,
+    panoptic: list[np.ndarray] | None = None,
+    velocity: list[float] | None = None,
+) -> dict:
+    """Builds the element dict (module docstring) from decoded frames at the training resolution.
+
+    Args:
+      index: position of the frame in the split.
+      images: uint8 [H, W, 3] per frame id, already resized.
+      k_norm: [4, 4] normalised intrinsics of the drive.
+      flipped, jitter: the sample's draws (`draw_augmentation`).
+      panoptic: int [H, W] per frame id (resized), when `cfg.load_panoptic`.
+      velocity: forward velocity per frame id, when `cfg.load_velocity`.
+    """
+    stacked = np.stack(images)
     if flipped:
-        images = images[:, :, ::-1]
-    k, inv_k = intrinsics_pyramid(
-        _normalised_intrinsics(kitti.calib_dir(cfg.root, ref), cam),
-        cfg.height, cfg.width, cfg.num_scales, flipped,
-    )
+        stacked = stacked[:, :, ::-1]
+    k, inv_k = intrinsics_pyramid(k_norm, cfg.height, cfg.width, cfg.num_scales, flipped)
     sample = {
-        "images": np.ascontiguousarray(images),
+        "images": np.ascontiguousarray(stacked),
         "K": k,
         "inv_K": inv_k,
         "jitter": jitter,
@@ -174,6 +179,25 @@ def load_sample(record, rng: np.random.Generator, cfg: PipelineConfig, train: bo
     if cfg.load_velocity:
         sample["velocity"] = np.asarray(velocity, np.float32)
     return sample
+
+
+def load_sample(record, rng: np.random.Generator, cfg: PipelineConfig, train: bool) -> dict:
+    """Reads and augments one sample (grain `random_map` body). See the module docstring."""
+    index, ref = record
+    flipped, jitter = draw_augmentation(rng, cfg, train)
+    images, panoptic, velocity = [], [], []
+    for offset in cfg.frame_ids:
+        frame_index = kitti.neighbour_index(cfg.root, ref, offset, on_missing=cfg.on_missing)
+        path = kitti.image_path(cfg.root, ref, frame_index=frame_index, ext=cfg.img_ext)
+        images.append(resize_image(kitti.load_image(path), cfg.height, cfg.width, path))
+        if cfg.load_panoptic:
+            label = kitti.load_panoptic(kitti.panoptic_path(cfg.root, ref, frame_index=frame_index))
+            panoptic.append(resize_labels(label, cfg.height, cfg.width))
+        if cfg.load_velocity:
+            oxts = kitti.read_oxts(kitti.oxts_path(cfg.root, ref, frame_index=frame_index))
+            velocity.append(oxts["vf"])
+    k_norm = _normalised_intrinsics(kitti.calib_dir(cfg.root, ref), kitti.side_to_camera(ref.side))
+    return assemble_sample(index, images, k_norm, flipped, jitter, cfg, panoptic, velocity)
 
 
 def make_dataset(

@@ -300,25 +300,12 @@ def _record_name(record: dict, position: int) -> str:
 def load_packed_sample(record: dict, rng: np.random.Generator, cfg: pipeline.PipelineConfig,
                        train: bool) -> dict:
     """`pipeline.load_sample` for a packed record: same dict, same RNG draws in the same order."""
-    flipped = bool(train and rng.random() < cfg.flip_prob)
-    jitter = pipeline.draw_color_jitter(rng, cfg) if train else np.zeros(5, np.float32)
-    images = np.stack([
+    flipped, jitter = pipeline.draw_augmentation(rng, cfg, train)
+    images = [
         pipeline.resize_image(decode_image(data, _record_name(record, i)), cfg.height, cfg.width)
         for i, data in enumerate(record["images"])
-    ])
-    if flipped:
-        images = images[:, :, ::-1]
-    k, inv_k = pipeline.intrinsics_pyramid(
-        record["k_norm"], cfg.height, cfg.width, cfg.num_scales, flipped
-    )
-    sample = {
-        "images": np.ascontiguousarray(images),
-        "K": k,
-        "inv_K": inv_k,
-        "jitter": jitter,
-        "flipped": np.bool_(flipped),
-        "index": np.int32(record["index"]),
-    }
+    ]
+    labels, velocity = None, None
     if cfg.load_panoptic:
         labels = []
         for i, data in enumerate(record["panoptic"]):
@@ -326,14 +313,13 @@ def load_packed_sample(record: dict, rng: np.random.Generator, cfg: pipeline.Pip
                 raise kitti.DataError(f"{_record_name(record, i)}: packed without panoptic labels")
             label = decode_panoptic(data, _record_name(record, i))
             labels.append(pipeline.resize_labels(label, cfg.height, cfg.width))
-        labels = np.stack(labels).astype(np.int32)
-        sample["panoptic"] = np.ascontiguousarray(labels[:, :, ::-1] if flipped else labels)
     if cfg.load_velocity:
         velocity = np.asarray(record["velocity"], np.float32)
         if np.isnan(velocity).any():
             raise kitti.DataError(f"{_record_name(record, 0)}: packed without oxts velocity")
-        sample["velocity"] = velocity
-    return sample
+    return pipeline.assemble_sample(
+        record["index"], images, record["k_norm"], flipped, jitter, cfg, labels, velocity
+    )
 
 
 def load_source(data_dir: str, split_name: str, frame_ids: Sequence[int] = (0, -1, 1),
