@@ -45,6 +45,19 @@ def get_config():
     config.loss.automask = True
     config.loss.avg_reprojection = False
 
+    # ISSL plug-in (jdepth/losses/issl.py; Cha et al. App. A.2 values). configs/monodepth2_issl.py
+    # switches it on.
+    config.issl = config_dict.ConfigDict()
+    config.issl.enabled = False
+    config.issl.weight = 0.1  # lambda_3
+    config.issl.num_samples = 4  # n_k self-samples per target image
+    config.issl.distribution = "uniform"  # or "gaussian" (std theta/2, clipped to theta)
+    config.issl.theta_r_start = 0.005  # rotation range (rad) in the first epoch ...
+    config.issl.theta_r_end = 0.2  # ... rising linearly to this in the last epoch
+    config.issl.theta_t = 0.005  # translation range (depth units)
+    config.issl.median_scaling = True
+    config.issl.target_in_self_frame = True  # False: sampled frame-t depth, the literal reading
+
     config.optim = config_dict.ConfigDict()
     config.optim.lr = 1e-4
     config.optim.b1 = 0.9

@@ -344,7 +344,10 @@ def training_epochs(config) -> tuple[int, int]:
             "step directly)"
         )
     max_steps = config.train.get("max_steps") or 0
-    num_epochs = math.ceil(max_steps / steps_per_epoch) if max_steps > 0 else config.train.num_epochs
+    if max_steps > 0:
+        num_epochs = math.ceil(max_steps / steps_per_epoch)
+    else:
+        num_epochs = config.train.num_epochs
     return int(steps_per_epoch), max(int(num_epochs), 1)
 
 

@@ -1,9 +1,9 @@
 """The Monodepth2 recipe family: networks, init, the pure train step and the eval forward pass.
 
 One step = depth on the jittered target, one pose per source frame, the full-resolution multi-scale
-photometric objective on the un-augmented frames. Plug-in losses (ISSL, ...) hook in through
-`extra_losses` in the config; recipes with other networks (ManyDepth, students) have their own step
-module and reuse the pieces here.
+photometric objective on the un-augmented frames. Plug-in losses hook in through `extra_loss_fn`;
+ISSL (`config.issl.enabled`, jdepth/losses/issl.py) is built here from the config. Recipes with
+other networks (ManyDepth, students) have their own step module and reuse the pieces here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from flax import linen as nn
 
 from jdepth import geometry
 from jdepth.data import device_transforms
+from jdepth.losses import issl
 from jdepth.losses import monodepth as monodepth_losses
 from jdepth.models.depth_decoder import DepthNet
 from jdepth.models.pose_net import PoseNet
@@ -142,12 +143,17 @@ def train_step(
       config: the experiment config (static).
       axis_name: pmap axis to average gradients over, or None under jit.
       extra_loss_fn: optional plug-in `(params, batch_stats, inputs, outputs, rng) -> (loss, aux)`
-        added to the total (ISSL uses this).
+        added to the total. `inputs` holds frames, frames_aug, K, inv_K (scale 0) and the samples'
+        split indices `index`; `outputs` the disps and poses; `batch_stats` are the main pass's.
+        With `config.issl.enabled` the ISSL plug-in runs after it (with its own key).
 
     Returns:
       (new state, metrics) with every loss term by name.
     """
     step_rng = jax.random.fold_in(rng, state.step)
+    extra_loss_fns = [] if extra_loss_fn is None else [extra_loss_fn]
+    if issl.is_enabled(config):
+        extra_loss_fns.append(issl.make_extra_loss(networks["depth"], config, state.step))
     frames, frames_aug, pyramid, K, inv_K = prepare_batch(batch, config)
     sample_keys = automask_noise_key(step_rng, batch["index"])
 
@@ -163,14 +169,18 @@ def train_step(
             disps, frames, pyramid, poses, K, inv_K, sample_keys, config
         )
         batch_stats = {"depth": depth_updates["batch_stats"], "pose": pose_stats}
-        if extra_loss_fn is not None:
-            inputs = {"frames": frames, "frames_aug": frames_aug, "K": K, "inv_K": inv_K}
+        if extra_loss_fns:
+            inputs = {
+                "frames": frames, "frames_aug": frames_aug, "K": K, "inv_K": inv_K,
+                "index": batch["index"],
+            }
             outputs = {"disps": disps, "poses": poses}
-            extra, extra_aux = extra_loss_fn(
-                params, batch_stats, inputs, outputs, jax.random.fold_in(step_rng, 1)
-            )
-            total = total + extra
-            aux = {**aux, **extra_aux}
+            for number, fn in enumerate(extra_loss_fns, start=1):
+                extra, extra_aux = fn(
+                    params, batch_stats, inputs, outputs, jax.random.fold_in(step_rng, number)
+                )
+                total = total + extra
+                aux = {**aux, **extra_aux}
         return total, (aux, batch_stats)
 
     (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
