@@ -28,6 +28,8 @@ def get_config():
     config.data.img_ext = config_dict.placeholder(str)  # None: png or jpg, auto-detected per frame
     config.data.on_missing = "raise"  # neighbour at a sequence boundary: 'raise' or 'clamp'
     config.data.num_workers = 4
+    config.data.load_velocity = False  # oxts forward speed per frame (speed supervision)
+    config.data.frame_interval = 0.1  # seconds between frames (KITTI raw is 10 Hz)
     config.data.cache_dir = config_dict.placeholder(str)
     config.data.synthetic = config_dict.ConfigDict()  # generator args; empty: use data.root
 
@@ -44,6 +46,9 @@ def get_config():
     config.loss.smoothness_weight = 1e-3
     config.loss.automask = True
     config.loss.avg_reprojection = False
+    # Speed supervision of the pose translation (jdepth/losses/velocity.py); > 0 needs
+    # data.load_velocity. Off in the reference recipe; anchors metric scale (DESIGN.md item 8).
+    config.loss.velocity_weight = 0.0
 
     # ISSL plug-in (jdepth/losses/issl.py; Cha et al. App. A.2 values). configs/monodepth2_issl.py
     # switches it on.

@@ -17,6 +17,7 @@ from flax import linen as nn
 from jdepth import geometry
 from jdepth.data import device_transforms
 from jdepth.losses import issl
+from jdepth.losses import velocity as velocity_lib
 from jdepth.losses import monodepth as monodepth_losses
 from jdepth.models.depth_decoder import DepthNet
 from jdepth.models.pose_net import PoseNet
@@ -169,6 +170,13 @@ def train_step(
             disps, frames, pyramid, poses, K, inv_K, sample_keys, config
         )
         batch_stats = {"depth": depth_updates["batch_stats"], "pose": pose_stats}
+        if config.loss.get("velocity_weight", 0.0) > 0:
+            # Speed supervision: needs `data.load_velocity` (oxts vf of every frame).
+            speed = velocity_lib.velocity_loss(
+                poses, batch["velocity"][:, 0], config.data.frame_interval
+            )
+            aux = {**aux, "velocity": speed}
+            total = total + config.loss.velocity_weight * speed
         if extra_loss_fns:
             inputs = {
                 "frames": frames, "frames_aug": frames_aug, "K": K, "inv_K": inv_K,
