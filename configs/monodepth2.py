@@ -46,6 +46,8 @@ def get_config():
     config.loss.smoothness_weight = 1e-3
     config.loss.automask = True
     config.loss.avg_reprojection = False
+    # Monodepth2's --v1_multiscale: each scale warped at its own resolution (off = full-res multiscale).
+    config.loss.v1_multiscale = False
     # Speed supervision of the pose translation (jdepth/losses/velocity.py); > 0 needs
     # data.load_velocity. Off in the reference recipe; anchors metric scale (DESIGN.md item 8).
     config.loss.velocity_weight = 0.0

@@ -375,3 +375,61 @@ def _check_inputs(
             f"monodepth_loss: pixel_weights must be [{batch}, {height}, {width}, 1], got "
             f"{pixel_weights.shape}"
         )
+
+
+def monodepth_loss_v1(
+    disps: Mapping[int, jax.Array],
+    target_pyramid: Mapping[int, jax.Array],
+    source_pyramids: Mapping[Hashable, Mapping[int, jax.Array]],
+    poses: Mapping[Hashable, jax.Array],
+    K_pyramid: jax.Array,
+    inv_K_pyramid: jax.Array,
+    *,
+    key: jax.Array | None,
+    min_depth: float = 0.1,
+    max_depth: float = 100.0,
+    ssim_weight: float = 0.85,
+    smoothness_weight: float = 1e-3,
+    automask: bool = True,
+    avg_reprojection: bool = False,
+) -> tuple[jax.Array, dict[str, Any]]:
+    """Monodepth2's ``--v1_multiscale`` objective: each scale is warped at its own resolution.
+
+    The coarse scales compare coarse images, so a pose or depth that is many full-resolution pixels
+    off still gets a gradient pointing the right way (the bilinear warp only "sees" one pixel
+    around each sample). That widens the basin of convergence when training from scratch.
+
+    Args:
+      disps: scale -> ``[B, H/2^s, W/2^s, 1]`` sigmoid disparity.
+      target_pyramid: scale -> frame 0 ``[B, H/2^s, W/2^s, 3]``.
+      source_pyramids: frame id -> scale -> source frame at that scale.
+      poses: frame id -> ``[B, 4, 4]`` target->source transform.
+      K_pyramid, inv_K_pyramid: ``[B, S, 4, 4]`` intrinsics per scale.
+      key, min_depth, max_depth, ssim_weight, smoothness_weight, automask, avg_reprojection:
+        as in ``monodepth_loss``.
+
+    Returns:
+      ``(total, aux)`` with the same scalar keys as ``monodepth_loss``.
+    """
+    scales = sorted(disps)
+    aux: dict[str, Any] = {}
+    photometric_sum, smoothness_sum = 0.0, 0.0
+    for scale in scales:
+        _, depth = geometry.disp_to_depth(disps[scale], min_depth, max_depth)
+        target = target_pyramid[scale]
+        sources = {f: pyramid[scale] for f, pyramid in source_pyramids.items()}
+        identity = identity_errors(target, sources, ssim_weight) if automask else None
+        noise_key = None if key is None or not automask else _fold_in(key, scale)
+        photometric, _ = photometric_loss_for_depth(
+            depth, target, sources, poses, K_pyramid[:, scale], inv_K_pyramid[:, scale],
+            identity=identity, noise_key=noise_key, ssim_weight=ssim_weight,
+            avg_reprojection=avg_reprojection,
+        )
+        smoothness = edge_aware_smoothness(disps[scale], target)
+        photometric_sum = photometric_sum + photometric
+        smoothness_sum = smoothness_sum + smoothness_weight * smoothness / (2**scale)
+        aux[f"photometric/s{scale}"] = photometric
+        aux[f"smoothness/s{scale}"] = smoothness
+    aux["photometric"] = photometric_sum / len(scales)
+    aux["smoothness"] = smoothness_sum / len(scales)
+    return aux["photometric"] + aux["smoothness"], aux

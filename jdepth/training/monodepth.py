@@ -157,6 +157,11 @@ def train_step(
         extra_loss_fns.append(issl.make_extra_loss(networks["depth"], config, state.step))
     frames, frames_aug, pyramid, K, inv_K = prepare_batch(batch, config)
     sample_keys = automask_noise_key(step_rng, batch["index"])
+    if config.loss.get("v1_multiscale", False):
+        source_pyramids = {
+            f: [img] + [device_transforms.downscale(img, 2**s) for s in range(1, len(pyramid))]
+            for f, img in frames.items() if f != 0
+        }
 
     def loss_fn(params):
         depth_vars = {"params": params["depth"], "batch_stats": state.batch_stats["depth"]}
@@ -166,9 +171,20 @@ def train_step(
         poses, pose_stats = predict_poses(
             networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, train=True
         )
-        total, aux = photometric_objective(
-            disps, frames, pyramid, poses, K, inv_K, sample_keys, config
-        )
+        if config.loss.get("v1_multiscale", False):
+            total, aux = monodepth_losses.monodepth_loss_v1(
+                disps, dict(enumerate(pyramid)),
+                {f: dict(enumerate(p)) for f, p in source_pyramids.items()},
+                poses, batch["K"], batch["inv_K"], key=sample_keys,
+                min_depth=config.model.min_depth, max_depth=config.model.max_depth,
+                ssim_weight=config.loss.ssim_weight,
+                smoothness_weight=config.loss.smoothness_weight,
+                automask=config.loss.automask, avg_reprojection=config.loss.avg_reprojection,
+            )
+        else:
+            total, aux = photometric_objective(
+                disps, frames, pyramid, poses, K, inv_K, sample_keys, config
+            )
         batch_stats = {"depth": depth_updates["batch_stats"], "pose": pose_stats}
         if config.loss.get("velocity_weight", 0.0) > 0:
             # Speed supervision: needs `data.load_velocity` (oxts vf of every frame).
