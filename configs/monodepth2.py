@@ -5,7 +5,7 @@
       --config.data.test_split=splits/eigen/test_files.txt
 
 Reference: KITTI Eigen AbsRel 0.115 with ImageNet weights (0.132 from scratch), 20 epochs, batch 12.
-Expected cost: about 12 h on one Titan Xp in the reference; see BENCHMARKS.md for jdepth.
+Expected cost: about 12 h on one Titan Xp in the reference (jdepth GPU timings: not measured yet).
 """
 
 from ml_collections import config_dict
