@@ -10,6 +10,8 @@ Expected cost: about 12 h on one Titan Xp in the reference (jdepth GPU timings: 
 
 from ml_collections import config_dict
 
+from jdepth.training import panoptic_config
+
 
 def get_config():
     config = config_dict.ConfigDict()
@@ -40,11 +42,20 @@ def get_config():
     config.model.min_depth = 0.1
     config.model.max_depth = 100.0
     config.model.dtype = "float32"
+    # 'scratch', 'imagenet:/path/resnet18.pth' (torchvision weights for the depth and pose
+    # encoders; the reference's default --weights_init pretrained) or 'params:/path/params.npz'
+    # (a converted model, tools/import_torch.py). See jdepth/interop/encoder_init.py.
+    config.model.encoder_init = "scratch"
+    # True: the pose decoder's output conv starts at zero (identity poses); the reference's
+    # random init is False. Helps training from scratch (configs/demo.py).
+    config.model.pose_zero_init = False
 
     config.loss = config_dict.ConfigDict()
     config.loss.ssim_weight = 0.85
     config.loss.smoothness_weight = 1e-3
     config.loss.automask = True
+    # > 0: the automask joins at this step (reference: 0, from the start). See configs/demo.py.
+    config.loss.automask_start_step = 0
     config.loss.avg_reprojection = False
     # Monodepth2's --v1_multiscale: each scale warped at its own resolution (off = full-res multiscale).
     config.loss.v1_multiscale = False
@@ -65,6 +76,10 @@ def get_config():
     config.issl.median_scaling = True
     config.issl.target_in_self_frame = True  # False: sampled frame-t depth, the literal reading
 
+    # Panoptic head + contrastive loss plug-in (jdepth/training/panoptic_config.py; all off here,
+    # configs/monodepth2_panoptic.py switches them on): data.load_panoptic, panoptic, contrastive.
+    panoptic_config.add_sections(config)
+
     config.optim = config_dict.ConfigDict()
     config.optim.lr = 1e-4
     config.optim.b1 = 0.9
@@ -74,6 +89,9 @@ def get_config():
     config.optim.decay_epochs = (15,)
     config.optim.decay_factor = 0.1
     config.optim.grad_clip_norm = 0.0
+    # > 0: the depth net is held fixed for this many steps while the pose net starts (reference: 0).
+    config.optim.hold_depth_steps = 0
+    config.optim.pose_lr_scale = 1.0  # the pose net's LR is lr x this (reference: 1)
 
     config.train = config_dict.ConfigDict()
     config.train.batch_size = 12

@@ -2,6 +2,7 @@
 
   python -m jdepth.evaluate --workdir W --data_root ROOT --split_file FILE --gt OUT.npz \
       [--no_median_scaling] [--split_kind eigen|eigen_benchmark]
+      [--matching_mode lookup|static|zero_cost_volume] [--teacher]   (multi-frame recipes)
 
 Prints the Monodepth2-style table and writes W/eval/metrics.json. Median scaling is on by default
 (relative-depth models) and off by default for recipes that predict absolute depth.
@@ -32,9 +33,17 @@ def main(argv=None) -> int:
     scaling.add_argument("--median_scaling", action="store_true")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     parser.add_argument("--output", default=None, help="default W/eval/metrics.json")
+    parser.add_argument("--matching_mode", default="lookup", choices=depth_eval.MATCHING_MODES,
+                        help="multi-frame recipes: frame t-1, static camera or zero cost volume")
+    parser.add_argument("--teacher", action="store_true",
+                        help="multi-frame recipes: evaluate the single-frame teacher instead")
     args = parser.parse_args(argv)
 
     predictor = DepthPredictor.from_workdir(args.workdir, args.step)
+    if args.teacher:
+        config = predictor.config
+        config.eval.teacher = True
+        predictor = DepthPredictor(config, predictor.params, predictor.batch_stats, predictor.extra)
     median_scaling = not predictor.absolute
     if args.no_median_scaling:
         median_scaling = False
@@ -44,8 +53,11 @@ def main(argv=None) -> int:
     result = depth_eval.evaluate_split(
         predictor, args.data_root, args.split_file, gt,
         median_scaling=median_scaling, split_kind=args.split_kind,
+        matching_mode=args.matching_mode,
     )
     result["median_scaling"] = median_scaling
+    if predictor.lookup_offsets or args.teacher:
+        result["matching_mode"] = "teacher" if args.teacher else args.matching_mode
     print(f"{args.workdir}: {args.split_file} ({'median-scaled' if median_scaling else 'absolute'})")
     print(format_metrics_table(result))
     out = args.output or os.path.join(args.workdir, "eval", "metrics.json")

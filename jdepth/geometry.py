@@ -385,12 +385,19 @@ def _reproject_bwd(residuals, cotangent: jax.Array):
     # backward, with four gathers) into each of the reductions below and recomputes it ~12 times.
     cotangent = jax.lax.optimization_barrier(cotangent)
     terms = _ReprojectionTerms.build(depth, P, inv_K3)
-    grad_u, grad_v = cotangent[..., 0], cotangent[..., 1]
+    # A point that lands on the source camera's plane (z + eps == 0) projects to +-inf; the sampler
+    # clamps it to the border and passes back a zero cotangent, and 0 * inf would be a NaN that
+    # poisons every gradient of the step. Such points have no gradient: drop them.
+    finite = jnp.isfinite(terms.u) & jnp.isfinite(terms.v) & jnp.isfinite(terms.inv_z)
+    grad_u = jnp.where(finite, cotangent[..., 0], 0.0)
+    grad_v = jnp.where(finite, cotangent[..., 1], 0.0)
+    u, v = jnp.where(finite, terms.u, 0.0), jnp.where(finite, terms.v, 0.0)
+    inv_z = jnp.where(finite, terms.inv_z, 0.0)
     # d(u, v) / d(camera point): u = c0 / (c2 + eps), v = c1 / (c2 + eps).
     grad_cam = [
-        grad_u * terms.inv_z,
-        grad_v * terms.inv_z,
-        -(grad_u * terms.u + grad_v * terms.v) * terms.inv_z,
+        grad_u * inv_z,
+        grad_v * inv_z,
+        -(grad_u * u + grad_v * v) * inv_z,
     ]
     # camera point = depth * (A @ ray) + b, with P = [A | b].
     grad_depth = sum(g * q for g, q in zip(grad_cam, terms.rotated_rays))[..., None]

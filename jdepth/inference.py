@@ -34,6 +34,8 @@ class DepthPredictor:
         self.height, self.width = int(config.data.height), int(config.data.width)
         self.recipe = recipes.get(config.recipe)
         self.absolute = bool(config.eval.get("absolute_depth", False))
+        # Multi-frame recipes (ManyDepth) also need these frames (offsets from frame 0).
+        self.lookup_offsets = tuple(getattr(self.recipe, "lookup_frames", lambda c: ())(config))
         networks = self.recipe.build_networks(config, bn_axis_name=None)
         self._predict = jax.jit(
             functools.partial(self.recipe.predict_disparity, networks=networks, config=config)
@@ -52,24 +54,44 @@ class DepthPredictor:
         image = pipeline.resize_image(np.asarray(image, np.uint8), self.height, self.width)
         return image.astype(np.float32) / 255.0
 
-    def predict_disparity(self, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    def predict_disparity(
+        self, images: np.ndarray, batch_size: int = 8, *, lookup=None, K=None, lookup_valid=None
+    ) -> np.ndarray:
         """Scaled disparity (1 / depth) at the network resolution.
 
         Args:
           images: uint8 [N, h, w, 3] (or a list of differently sized [h, w, 3]).
           batch_size: images per forward pass; the last batch is padded so shapes never change.
+          lookup: multi-frame recipes only (`lookup_offsets`): uint8 frames at offset
+            `lookup_offsets[0]`, like `images`.
+          K: multi-frame recipes only: [N, 4, 4] pixel intrinsics at the network resolution.
+          lookup_valid: optional [N] bool, False where the lookup frame is missing (no matching).
 
         Returns:
           float32 [N, H, W].
         """
-        inputs = np.stack([self.preprocess(im) for im in images])
+        inputs = {"images": np.stack([self.preprocess(im) for im in images])}
+        if self.lookup_offsets:
+            if lookup is None or K is None:
+                raise ValueError(
+                    f"{self.config.recipe} is multi-frame: predict_disparity needs lookup= (frame "
+                    f"{self.lookup_offsets[0]}) and K= (intrinsics at {self.height}x{self.width})"
+                )
+            n = len(inputs["images"])
+            inputs["lookup"] = np.stack([self.preprocess(im) for im in lookup])
+            inputs["K"] = np.asarray(K, np.float32).reshape(n, 4, 4)
+            valid = np.ones(n, bool) if lookup_valid is None else np.asarray(lookup_valid, bool)
+            inputs["lookup_valid"] = valid
         out = []
-        for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start : start + batch_size]
-            n = len(chunk)
+        for start in range(0, len(inputs["images"]), batch_size):
+            chunk = {k: v[start : start + batch_size] for k, v in inputs.items()}
+            n = len(chunk["images"])
             if n < batch_size:  # pad: one compiled shape for every call
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, 0)])
-            disp = self._predict(self.params, self.batch_stats, self.extra, jnp.asarray(chunk))
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, 0)])
+                         for k, v in chunk.items()}
+            images_chunk = jnp.asarray(chunk.pop("images"))
+            kwargs = {"context": chunk} if chunk else {}
+            disp = self._predict(self.params, self.batch_stats, self.extra, images_chunk, **kwargs)
             out.append(np.asarray(disp)[:n, ..., 0])
         return np.concatenate(out).astype(np.float32)
 

@@ -344,3 +344,26 @@ def test_real_stereo_pair_warps_into_alignment():
     unwarped_error, warped_error = _middlebury_warp_errors()
     print(f"middlebury photometric error: unwarped {unwarped_error:.4f} warped {warped_error:.4f}")
     assert warped_error < 0.5 * unwarped_error
+
+
+def test_warp_gradient_stays_finite_when_a_point_lands_on_the_source_camera_plane():
+    # Depth 0 puts the left half's points at the camera centre; the translation then moves them to
+    # z = -1e-7, where z + eps is exactly 0 and they project to infinity. The forward pass clamps
+    # them to the border; the backward pass must not turn 0 * inf into a NaN for the whole step.
+    height, width = 6, 8
+    K = jnp.asarray([[[4.0, 0, 3.5, 0], [0, 4.0, 2.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]]])
+    inv_K = jnp.linalg.inv(K)
+    depth = jnp.concatenate(
+        [jnp.zeros((1, height, width // 2, 1)), jnp.full((1, height, width // 2, 1), 2.0)], axis=2
+    )
+    source = jnp.asarray(np.random.default_rng(0).random((1, height, width, 3)), jnp.float32)
+    T = jnp.eye(4)[None].at[0, :3, 3].set(jnp.asarray([0.3, 0.0, -1e-7]))
+
+    def loss(depth, T):
+        warped, _ = geometry.inverse_warp(source, depth, T, K, inv_K)
+        return jnp.sum(warped)
+
+    grad_depth, grad_T = jax.grad(loss, argnums=(0, 1))(depth, T)
+    assert np.all(np.isfinite(grad_depth)) and np.all(np.isfinite(grad_T))
+    np.testing.assert_array_equal(grad_depth[:, :, : width // 2], 0.0)
+    assert float(jnp.abs(grad_depth[:, :, width // 2 :]).max()) > 0.0

@@ -339,3 +339,39 @@ def test_monodepth_loss_rejects_inconsistent_inputs():
     with pytest.raises(ValueError, match="pixel_weights"):
         monodepth.monodepth_loss(disps, target, sources, poses, K, inv_K, pyramid, key=None,
                                  pixel_weights=jnp.ones((1, 8, 8, 1)))
+
+
+def test_automask_delay_switches_the_identity_competition_without_recompiling():
+    keys = jax.random.split(jax.random.key(3), 8)
+    batch, height, width = 1, 16, 24
+    target = jax.random.uniform(keys[0], (batch, height, width, 3))
+    # Source -1 equals the target: its identity error is 0 everywhere, so a live automask
+    # selects it at every pixel and the photometric loss is ~0.
+    sources = {-1: target, 1: jax.random.uniform(keys[1], target.shape)}
+    poses = {f: geometry.transformation_from_parameters(
+        jnp.zeros((batch, 3)), 0.2 * jax.random.normal(keys[2 + i], (batch, 3)))
+        for i, f in enumerate((-1, 1))}
+    K = jnp.asarray([[[20.0, 0, 12, 0], [0, 20.0, 8, 0], [0, 0, 1, 0], [0, 0, 0, 1]]])
+    inv_K = jnp.linalg.inv(K)
+    pyramid = {0: target}
+    disps = {0: jax.random.uniform(keys[5], (batch, height, width, 1))}
+
+    @jax.jit
+    def photometric(active):
+        _, aux = monodepth.monodepth_loss(disps, target, sources, poses, K, inv_K, pyramid,
+                                          key=None, automask_active=active)
+        return aux["photometric"], aux["identity_selection"]
+
+    def reference(automask):
+        _, aux = monodepth.monodepth_loss(disps, target, sources, poses, K, inv_K, pyramid,
+                                          key=None, automask=automask)
+        return aux["photometric"]
+
+    off, off_selection = photometric(jnp.float32(0.0))
+    on, on_selection = photometric(jnp.float32(1.0))
+    np.testing.assert_allclose(off, reference(False), rtol=1e-6)
+    np.testing.assert_allclose(on, reference(True), rtol=1e-6)
+    assert float(on) < 1e-6 < float(off)
+    np.testing.assert_array_equal(off_selection, 1.0)  # a warped source wins everywhere
+    np.testing.assert_array_equal(on_selection, 0.0)
+    assert photometric._cache_size() == 1

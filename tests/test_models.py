@@ -1,7 +1,7 @@
 """Tests for the Monodepth2 networks (jdepth/models).
 
 Big inputs (192x640) only go through `jax.eval_shape`; real forward passes use 32x32 / 64x96 inputs.
-The PyTorch parity tests are skipped, with a message, when torch is not installed.
+Numerical parity with the PyTorch reference networks is tested in tests/test_interop.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from jdepth.models.layers import Conv3x3, reflection_pad, upsample_nearest_2x
 from jdepth.models.pose_net import PoseDecoder, PoseNet
 from jdepth.models.resnet import BasicBlock, Bottleneck, ResNetEncoder, encoder_channels
 from jdepth.models.resnet import max_pool_3x3_s2
-
-TORCH_MISSING = "PyTorch not installed: torch parity checks SKIPPED (pip install torch==2.13.0)"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -319,17 +317,15 @@ _DEPTHNET = DepthNet(18)
 
 @pytest.fixture(scope="module")
 def depthnet_run():
-    """One eval-mode and one train-mode DepthNet pass at 64x96, shared by several tests."""
+    """One eval-mode DepthNet pass at 64x96."""
     image = _images((2, 64, 96, 3), seed=7)
     variables = _random_variables(_DEPTHNET, image, train=False, seed=8)
     eval_out = jax.jit(lambda v, x: _DEPTHNET.apply(v, x, False))(variables, image)
-    train = jax.jit(lambda v, x: _DEPTHNET.apply(v, x, True, mutable=["batch_stats"]))
-    train_out = train(variables, image)
-    return variables, image, eval_out, train_out
+    return variables, image, eval_out
 
 
 def test_depthnet_forward_small(depthnet_run):
-    variables, _, (disps, aux), _ = depthnet_run
+    variables, _, (disps, aux) = depthnet_run
     for s, d in disps.items():
         assert d.shape == (2, 64 // 2**s, 96 // 2**s, 1)
         # Sigmoid range (random weights saturate some pixels to exactly 1.0 in float32).
@@ -369,6 +365,33 @@ def test_posenet_output_is_scaled_mean_of_pose_conv():
     assert 0.0 < float(jnp.max(jnp.abs(pose))) < 0.01
 
 
+def test_posenet_zero_init_output_starts_at_identity_and_still_learns():
+    model = PoseNet(18, zero_init_output=True)
+    frame_a, frame_b = _images((2, 64, 96, 3), seed=3), _images((2, 64, 96, 3), seed=4)
+    variables = model.init(jax.random.key(0), frame_a, frame_b, train=False)
+    out = variables["params"]["decoder"]["pose_2"]
+    np.testing.assert_array_equal(out["kernel"], 0.0)
+    np.testing.assert_array_equal(out["bias"], 0.0)
+    # Same parameter tree as the reference init: checkpoints and converters do not care.
+    reference = PoseNet(18).init(jax.random.key(0), frame_a, frame_b, train=False)
+    assert jax.tree.structure(variables) == jax.tree.structure(reference)
+
+    def translation_z(params):
+        (_, translation), _ = model.apply(
+            dict(variables, params=params), frame_a, frame_b, False
+        )
+        return jnp.sum(translation[:, 2])
+
+    (axisangle, translation), _ = model.apply(variables, frame_a, frame_b, False)
+    np.testing.assert_array_equal(axisangle, 0.0)
+    np.testing.assert_array_equal(translation, 0.0)
+    # The output conv still receives a gradient (its input features are not zero) ...
+    grads = jax.grad(translation_z)(variables["params"])
+    assert float(jnp.abs(grads["decoder"]["pose_2"]["kernel"]).max()) > 0.0
+    # ... and nothing upstream of the zero conv does, until the conv has moved.
+    assert float(jnp.abs(grads["decoder"]["pose_1"]["kernel"]).max()) == 0.0
+
+
 # --- Bad input and name mapping. ------------------------------------------------------------------
 
 
@@ -401,99 +424,5 @@ def test_decoder_torch_index_follows_reference_module_order():
         decoder_torch_index("squeeze")
 
 
-# --- Parity with torch.nn.functional (torchvision / Monodepth2 structure). 
-
-
-def _torch_depthnet(torch, state, x, train):
-    """Monodepth2's DepthNet in torch.nn.functional, reading weights by reference state-dict key.
-
-    Returns (features, disps, used keys); train-mode batch_norm updates `state`'s running stats.
-    """
-    F, used = torch.nn.functional, set()
-
-    def w(key):
-        used.add(key)
-        return state[key]
-
-    def conv_bn(prefix, conv, bn, x, stride, pad):
-        x = F.conv2d(x, w(f"{prefix}{conv}.weight"), stride=stride, padding=pad)
-        return F.batch_norm(x, w(f"{prefix}{bn}.running_mean"), w(f"{prefix}{bn}.running_var"),
-                            w(f"{prefix}{bn}.weight"), w(f"{prefix}{bn}.bias"), train, 0.1, 1e-5)
-
-    def conv3x3(prefix, x):  # reflection pad 1 + 3x3 conv with bias
-        x = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        return F.conv2d(x, w(f"{prefix}.weight"), w(f"{prefix}.bias"))
-
-    features = [F.relu(conv_bn("encoder.", "conv1", "bn1", (x - 0.45) / 0.225, 2, 3))]
-    x = F.max_pool2d(features[0], 3, 2, 1)
-    for k in range(1, 5):
-        for i in range(2):  # torchvision BasicBlock, ResNet-18
-            p, stride = f"encoder.layer{k}.{i}.", (2 if k > 1 and i == 0 else 1)
-            y = conv_bn(p, "conv2", "bn2", F.relu(conv_bn(p, "conv1", "bn1", x, stride, 1)), 1, 1)
-            if f"{p}downsample.0.weight" in state:
-                x = conv_bn(p, "downsample.0", "downsample.1", x, stride, 0)
-            x = F.relu(y + x)
-        features.append(x)
-    x, disps = features[-1], {}
-    for i in range(4, -1, -1):
-        x = F.elu(conv3x3(f"decoder.decoder.{8 - 2 * i}.conv.conv", x))
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        x = torch.cat([x, features[i - 1]], 1) if i > 0 else x
-        x = F.elu(conv3x3(f"decoder.decoder.{9 - 2 * i}.conv.conv", x))
-        if i < 4:
-            disps[i] = torch.sigmoid(conv3x3(f"decoder.decoder.{10 + i}.conv", x))
-    return features, disps, used
-
-
-def _torch_state_dict(torch, variables):
-    """Flax DepthNet variables -> reference state dict (the mapping in the module docstrings)."""
-    leaf_names = {"kernel": "weight", "scale": "weight", "bias": "bias",
-                  "mean": "running_mean", "var": "running_var"}
-    renames = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
-
-    def torch_name(part):
-        if part.startswith(("upconv_", "dispconv_")):
-            return f"decoder.{decoder_torch_index(part)}"
-        return part.replace("_", ".") if part.startswith("layer") else renames.get(part, part)
-
-    state = {}
-    for path, value in traverse_util.flatten_dict(variables).items():
-        value = np.asarray(value).transpose(3, 2, 0, 1) if path[-1] == "kernel" else value
-        key = ".".join([torch_name(part) for part in path[1:-1]] + [leaf_names[path[-1]]])
-        state[key] = torch.from_numpy(np.array(value))
-    return state
-
-
-def _assert_nhwc_close(torch_value, jax_value, tol):
-    np.testing.assert_allclose(torch_value.numpy().transpose(0, 2, 3, 1), jax_value, rtol=tol,
-                               atol=tol)
-
-
-def test_depthnet_matches_torch_reference(depthnet_run):
-    torch = pytest.importorskip("torch", reason=TORCH_MISSING)
-    variables, image, (disps, aux), ((train_disps, _), train_state) = depthnet_run
-    state = _torch_state_dict(torch, variables)
-    image_nchw = torch.from_numpy(np.asarray(image).transpose(0, 3, 1, 2).copy())
-
-    t_features, t_disps, used = _torch_depthnet(torch, state, image_nchw, train=False)
-    assert used == set(state)  # every flax variable maps to a reference key, and vice versa
-    for t_f, f in zip(t_features, aux["encoder_features"]):
-        _assert_nhwc_close(t_f, f, 2e-4)
-    for s in range(4):
-        _assert_nhwc_close(t_disps[s], disps[s], 2e-4)
-
-    old_state = {k: v.clone() for k, v in state.items()}
-    _, t_disps, _ = _torch_depthnet(torch, state, image_nchw, train=True)
-    for s in range(4):
-        _assert_nhwc_close(t_disps[s], train_disps[s], 1e-3)
-    updated = _torch_state_dict(torch, {"batch_stats": train_state["batch_stats"]})
-    for key, value in updated.items():
-        # torch's running_var uses the unbiased batch variance, flax the biased one (resnet.py
-        # docstring): compare the batch statistics both imply, n = B*h*w values per channel.
-        stage = key.split(".")[1]
-        stride = 2 if stage == "bn1" else 2 ** (int(stage[-1]) + 1)
-        n = image.shape[0] * (image.shape[1] // stride) * (image.shape[2] // stride)
-        unbias = (n - 1) / n if key.endswith("running_var") else 1.0
-        old = old_state[key].numpy()
-        np.testing.assert_allclose((state[key].numpy() - 0.9 * old) * unbias,
-                                   value.numpy() - 0.9 * old, rtol=2e-3, atol=1e-5)
+# --- Parity with the PyTorch reference: tests/test_interop.py (exported weights loaded strictly
+# into plain-torch reference networks, encoder features, disparities, poses, train-mode BatchNorm).

@@ -20,12 +20,51 @@ def load_split_images(root: str, refs: Sequence[kitti.FrameRef], ext: str | None
     return [kitti.load_image(kitti.image_path(root, ref, ext=ext)) for ref in refs]
 
 
-def predict_split(predictor, root: str, refs, batch_size: int = 8, ext: str | None = None):
+MATCHING_MODES = ("lookup", "static", "zero_cost_volume")
+
+
+def lookup_inputs(predictor, root: str, refs, images, ext=None, matching_mode="lookup") -> dict:
+    """The extra inputs of a multi-frame predictor: lookup frames, intrinsics, validity.
+
+    `matching_mode` is ManyDepth's evaluation mode: 'lookup' (frame t-1 as in the reference),
+    'static' (the lookup frame is frame 0 itself, --static_camera) or 'zero_cost_volume' (no
+    matching, --zero_cost_volume). A missing t-1 (first frame of a drive) counts as invalid, which
+    the recipe treats like the zero cost volume, as the reference treats a missing frame.
+    """
+    if matching_mode not in MATCHING_MODES:
+        raise ValueError(f"matching_mode must be one of {MATCHING_MODES}, got {matching_mode!r}")
+    offset = predictor.lookup_offsets[0]
+    lookups, ks, valid = [], [], []
+    for ref, image in zip(refs, images):
+        frame, ok = image, matching_mode != "zero_cost_volume"
+        if matching_mode == "lookup":
+            try:
+                index = kitti.neighbour_index(root, ref, offset, ext=ext)
+                frame = kitti.load_image(kitti.image_path(root, ref, frame_index=index, ext=ext))
+            except FileNotFoundError:
+                ok = False
+        lookups.append(frame)
+        valid.append(ok)
+        calib = kitti.load_camera_calibration(kitti.calib_dir(root, ref),
+                                              kitti.side_to_camera(ref.side))
+        ks.append(kitti.scale_intrinsics(kitti.normalised_intrinsics(calib), predictor.width,
+                                         predictor.height))
+    return {"lookup": lookups, "K": np.stack(ks), "lookup_valid": np.asarray(valid)}
+
+
+def predict_split(
+    predictor, root: str, refs, batch_size: int = 8, ext: str | None = None,
+    matching_mode: str = "lookup",
+):
     """Scaled disparity maps [H, W] (network resolution) for every frame of a split, in order."""
     preds = []
     for start in range(0, len(refs), 64):  # bounded memory on long splits
-        images = load_split_images(root, refs[start : start + 64], ext)
-        preds.extend(predictor.predict_disparity(images, batch_size))
+        chunk = refs[start : start + 64]
+        images = load_split_images(root, chunk, ext)
+        extra = {}
+        if getattr(predictor, "lookup_offsets", ()):
+            extra = lookup_inputs(predictor, root, chunk, images, ext, matching_mode)
+        preds.extend(predictor.predict_disparity(images, batch_size, **extra))
     return preds
 
 
@@ -50,8 +89,12 @@ def evaluate_split(
     split_kind: str = "eigen",
     max_images: int | None = None,
     masks=None,
+    matching_mode: str = "lookup",
 ) -> dict:
-    """Predicts every frame of the split and returns the KITTI metrics dict."""
+    """Predicts every frame of the split and returns the KITTI metrics dict.
+
+    `matching_mode` applies to multi-frame recipes only (see `lookup_inputs`).
+    """
     refs = kitti.read_split_file(split_file)
     if len(refs) != len(gt_depths):
         raise ValueError(
@@ -61,7 +104,7 @@ def evaluate_split(
     if max_images:
         refs, gt_depths = refs[:max_images], gt_depths[:max_images]
         masks = masks[:max_images] if masks is not None else None
-    preds = predict_split(predictor, root, refs)
+    preds = predict_split(predictor, root, refs, matching_mode=matching_mode)
     return depth_metrics.evaluate_predictions(
         gt_depths,
         preds,

@@ -66,6 +66,27 @@ def upsample_disp(disp: jax.Array, height: int, width: int) -> jax.Array:
     return jnp.einsum("Hh,bhwc,Ww->bHWc", rows, disp, cols)
 
 
+# Added to the identity errors while the automask is switched off: larger than any photometric error
+# (which lies in [0, 1]), so a warped source always wins.
+_AUTOMASK_OFF = 1e3
+
+
+def automask_delay(identity: jax.Array | None, active: jax.Array | None) -> jax.Array | None:
+    """The identity errors, or errors that never win the minimum while ``active`` is 0.
+
+    From scratch the automask can trap the pose net in a wrong direction of motion (a lateral move
+    that explains the near side of the street while the automask discards the rest); training
+    the first steps without it lets the pose net find the forward motion first (configs/demo.py).
+
+    Args:
+      identity: ``[B, H, W, S]`` from ``identity_errors``, or None (automask disabled).
+      active: scalar 0/1, or None (always active).
+    """
+    if identity is None or active is None:
+        return identity
+    return identity + (1.0 - jnp.asarray(active, identity.dtype)) * _AUTOMASK_OFF
+
+
 def identity_errors(
     target: jax.Array, sources: Mapping[Hashable, jax.Array], ssim_weight: float = 0.85
 ) -> jax.Array:
@@ -222,6 +243,7 @@ def monodepth_loss(
     automask: bool = True,
     avg_reprojection: bool = False,
     pixel_weights: jax.Array | None = None,
+    automask_active: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Monodepth2's training objective (full-res multiscale, min reprojection, automask).
 
@@ -251,6 +273,8 @@ def monodepth_loss(
       automask: compete with the identity (unwarped) errors.
       avg_reprojection: average over sources instead of the minimum.
       pixel_weights: ``[B, H, W, 1]`` weights of the per-pixel photometric loss, or None.
+      automask_active: scalar, 0 or 1 (traced: the step compiles once), or None for always on.
+        While 0 the identity errors never win the minimum (``automask_delay``).
 
     Returns:
       ``(total, aux)``. Scalars in ``aux``: ``'photometric/s{s}'`` and ``'smoothness/s{s}'``
@@ -263,6 +287,7 @@ def monodepth_loss(
     _check_inputs(disps, target, sources, poses, K, inv_K, target_pyramid, pixel_weights)
     _, height, width, _ = target.shape
     identity = identity_errors(target, sources, ssim_weight) if automask else None
+    identity = automask_delay(identity, automask_active)
 
     # All scales share the full-resolution target, sources and poses, so one vmapped photometric
     # graph serves every scale: a quarter of the compile time of a Python loop over scales, at the
@@ -392,6 +417,7 @@ def monodepth_loss_v1(
     smoothness_weight: float = 1e-3,
     automask: bool = True,
     avg_reprojection: bool = False,
+    automask_active: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Monodepth2's ``--v1_multiscale`` objective: each scale is warped at its own resolution.
 
@@ -405,8 +431,8 @@ def monodepth_loss_v1(
       source_pyramids: frame id -> scale -> source frame at that scale.
       poses: frame id -> ``[B, 4, 4]`` target->source transform.
       K_pyramid, inv_K_pyramid: ``[B, S, 4, 4]`` intrinsics per scale.
-      key, min_depth, max_depth, ssim_weight, smoothness_weight, automask, avg_reprojection:
-        as in ``monodepth_loss``.
+      key, min_depth, max_depth, ssim_weight, smoothness_weight, automask, avg_reprojection,
+        automask_active: as in ``monodepth_loss``.
 
     Returns:
       ``(total, aux)`` with the same scalar keys as ``monodepth_loss``.
@@ -419,6 +445,7 @@ def monodepth_loss_v1(
         target = target_pyramid[scale]
         sources = {f: pyramid[scale] for f, pyramid in source_pyramids.items()}
         identity = identity_errors(target, sources, ssim_weight) if automask else None
+        identity = automask_delay(identity, automask_active)
         noise_key = None if key is None or not automask else _fold_in(key, scale)
         photometric, _ = photometric_loss_for_depth(
             depth, target, sources, poses, K_pyramid[:, scale], inv_K_pyramid[:, scale],

@@ -57,6 +57,7 @@ def torch_default_conv(
     dtype: Dtype,
     name: str,
     padding: int = 0,
+    zero_init: bool = False,
 ) -> nn.Conv:
     """An `nn.Conv` with bias, explicit symmetric zero padding and torch.nn.Conv2d's init.
 
@@ -67,6 +68,7 @@ def torch_default_conv(
         dtype: computation dtype; parameters stay float32.
         name: submodule name (mirrors the reference's attribute name).
         padding: zero padding on every side, as torch's `padding=` argument.
+        zero_init: kernel and bias start at zero instead (an output layer that starts silent).
 
     Returns:
         The convolution module (unbound).
@@ -78,8 +80,12 @@ def torch_default_conv(
         use_bias=True,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=torch_default_kernel_init,
-        bias_init=torch_default_bias_init(in_features * kernel_size * kernel_size),
+        kernel_init=nn.initializers.zeros if zero_init else torch_default_kernel_init,
+        bias_init=(
+            nn.initializers.zeros
+            if zero_init
+            else torch_default_bias_init(in_features * kernel_size * kernel_size)
+        ),
         name=name,
     )
 

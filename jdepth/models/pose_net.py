@@ -35,12 +35,15 @@ class PoseDecoder(nn.Module):
         num_ch_enc: encoder channels; only the last one (deepest level) is used.
         num_input_features: how many encoder outputs are concatenated after the squeeze conv.
         num_frames_to_predict_for: poses predicted (the reference uses 2 and reads only index 0).
+        zero_init_output: start the output conv at zero, so training starts from identity poses
+            (the reference initialises it like every conv; see PoseNet).
         dtype: computation dtype; poses are returned in float32.
     """
 
     num_ch_enc: Sequence[int]
     num_input_features: int = 1
     num_frames_to_predict_for: int = 2
+    zero_init_output: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -77,7 +80,9 @@ class PoseDecoder(nn.Module):
         x = nn.relu(torch_default_conv(256, 3, c, dtype=self.dtype, name="pose_0", padding=1)(x))
         x = nn.relu(torch_default_conv(256, 3, 256, dtype=self.dtype, name="pose_1", padding=1)(x))
         num_out = 6 * self.num_frames_to_predict_for
-        x = torch_default_conv(num_out, 1, 256, dtype=self.dtype, name="pose_2")(x)
+        x = torch_default_conv(
+            num_out, 1, 256, dtype=self.dtype, name="pose_2", zero_init=self.zero_init_output
+        )(x)
 
         pose = POSE_SCALE * jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         pose = pose.reshape(-1, self.num_frames_to_predict_for, 6)
@@ -90,11 +95,16 @@ class PoseNet(nn.Module):
     Attributes:
         num_layers: ResNet depth of the pose encoder.
         bn_axis_name: pmap axis for synchronised BatchNorm (None: per-device statistics).
+        zero_init_output: identity poses at initialisation. With the reference's random output
+            init the first poses point in a random direction; from scratch (no ImageNet weights) the
+            depth net fits its structure to that direction before the slow pose net (outputs x0.01)
+            turns, and the pair can settle in a wrong minimum (see configs/demo.py).
         dtype: computation dtype; poses are returned in float32.
     """
 
     num_layers: int = 18
     bn_axis_name: str | None = None
+    zero_init_output: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -125,7 +135,12 @@ class PoseNet(nn.Module):
             self.num_layers, 2, self.bn_axis_name, self.dtype, name="encoder"
         )(pair, train)
         axisangle, translation = PoseDecoder(
-            encoder_channels(self.num_layers), 1, 2, dtype=self.dtype, name="decoder"
+            encoder_channels(self.num_layers),
+            1,
+            2,
+            zero_init_output=self.zero_init_output,
+            dtype=self.dtype,
+            name="decoder",
         )([features[-1]])
         aux = {"axisangle": axisangle, "translation": translation, "encoder_features": features}
         return (axisangle[:, 0], translation[:, 0]), aux

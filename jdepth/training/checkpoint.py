@@ -116,7 +116,8 @@ def save_config(workdir: str, config) -> None:
             old = json.load(f)
         new = json.loads(text)
         changed = [k for k in ("recipe", "model", "data") if old.get(k) != new.get(k)]
-        # Paths may move between machines; what defines the model and its inputs may not.
+        # Paths may move between machines and the init file only matters at step 0; what defines
+        # the model and its inputs may not change.
         changed = [k for k in changed if not _only_paths_differ(old.get(k), new.get(k))]
         if changed:
             raise ValueError(
@@ -128,7 +129,10 @@ def save_config(workdir: str, config) -> None:
         f.write(text)
 
 
-_PATH_KEYS = ("root", "split_dir", "train_split", "val_split", "test_split", "cache_dir", "num_workers")
+_PATH_KEYS = (
+    "root", "split_dir", "train_split", "val_split", "test_split", "cache_dir", "num_workers",
+    "encoder_init",
+)
 
 
 def _only_paths_differ(old, new) -> bool:

@@ -73,9 +73,13 @@ def evaluate(predictor: DepthPredictor, config, split: str, workdir: str, max_im
     )
 
 
-def _depth_images(predictor, batch) -> dict:
+def _depth_images(predictor, batch, frame_ids) -> dict:
     images = batch["images"][:2, 0]
-    disp = predictor.predict_disparity(images, batch_size=len(images))
+    context = {}
+    if predictor.lookup_offsets:  # multi-frame recipes also see their lookup frame
+        lookup = frame_ids.index(predictor.lookup_offsets[0])
+        context = {"lookup": batch["images"][:2, lookup], "K": batch["K"][:2, 0]}
+    disp = predictor.predict_disparity(images, batch_size=len(images), **context)
     return {f"depth/{i}": np.concatenate([images[i], colorize(disp[i])], 0) for i in range(len(images))}
 
 
@@ -100,7 +104,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     params, batch_stats = recipe.init_variables(
         networks, config, jax.random.PRNGKey(config.seed)
     )
-    tx = make_optimizer(config.optim, steps_per_epoch)
+    if hasattr(recipe, "make_optimizer"):  # e.g. ManyDepth's teacher freeze
+        tx = recipe.make_optimizer(config, steps_per_epoch)
+    else:
+        tx = make_optimizer(config.optim, steps_per_epoch)
     state = TrainState.create(params, batch_stats, tx, recipes.init_extra(recipe, config))
     step_fn = functools.partial(recipe.train_step, networks=networks, config=config)
     parallel = DataParallel(step_fn, mode=config.train.parallel)
@@ -185,7 +192,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             current = predictor_now()
             val = evaluate(current, config, "val", workdir, config.train.get("eval_max_images"))
             writer.scalars(step, {f"val/{k}": v for k, v in val.items()})
-            writer.images(step, _depth_images(current, host_batch))
+            writer.images(step, _depth_images(current, host_batch, list(config.data.frame_ids)))
             bar.write(f"step {step}: val abs_rel {val['abs_rel']:.4f} a1 {val['a1']:.4f}")
     bar.close()
     ckpt.close()

@@ -2,7 +2,9 @@
 
 One step = depth on the jittered target, one pose per source frame, the full-resolution multi-scale
 photometric objective on the un-augmented frames. Plug-in losses hook in through `extra_loss_fn`;
-ISSL (`config.issl.enabled`, jdepth/losses/issl.py) is built here from the config. Recipes with
+ISSL (`config.issl.enabled`, jdepth/losses/issl.py) and the panoptic head / contrastive loss
+(`config.panoptic.enabled`, `config.contrastive.enabled`, jdepth/training/panoptic.py) are built
+here from the config. Recipes with
 other networks (ManyDepth, students) have their own step module and reuse the pieces here.
 """
 
@@ -16,11 +18,13 @@ from flax import linen as nn
 
 from jdepth import geometry
 from jdepth.data import device_transforms
+from jdepth.interop import encoder_init
 from jdepth.losses import issl
 from jdepth.losses import velocity as velocity_lib
 from jdepth.losses import monodepth as monodepth_losses
 from jdepth.models.depth_decoder import DepthNet
 from jdepth.models.pose_net import PoseNet
+from jdepth.training import panoptic as panoptic_plugin
 from jdepth.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -29,7 +33,7 @@ Metrics = dict[str, jax.Array]
 def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Module]:
     """The depth and pose networks of the recipe, as linen modules (pure `apply`)."""
     dtype = jnp.dtype(config.model.dtype)
-    return {
+    networks = {
         "depth": DepthNet(
             num_layers=config.model.num_layers,
             scales=tuple(config.model.scales),
@@ -37,9 +41,15 @@ def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Modu
             dtype=dtype,
         ),
         "pose": PoseNet(
-            num_layers=config.model.pose_num_layers, bn_axis_name=bn_axis_name, dtype=dtype
+            num_layers=config.model.pose_num_layers,
+            bn_axis_name=bn_axis_name,
+            zero_init_output=config.model.get("pose_zero_init", False),
+            dtype=dtype,
         ),
     }
+    if panoptic_plugin.head_enabled(config):
+        networks[panoptic_plugin.HEAD] = panoptic_plugin.build_head(config, dtype)
+    return networks
 
 
 def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
@@ -51,7 +61,15 @@ def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
     pose_vars = networks["pose"].init(pose_rng, image, image, train=False)
     params = {"depth": depth_vars["params"], "pose": pose_vars["params"]}
     batch_stats = {"depth": depth_vars["batch_stats"], "pose": pose_vars["batch_stats"]}
-    return params, batch_stats
+    if panoptic_plugin.HEAD in networks:  # no batch_stats: the head uses GroupNorm
+        features = jax.eval_shape(
+            lambda: networks["depth"].apply(depth_vars, image, train=False)[1]["encoder_features"]
+        )
+        params[panoptic_plugin.HEAD] = panoptic_plugin.init_head(
+            networks[panoptic_plugin.HEAD], features, jax.random.fold_in(rng, 1)
+        )
+    # Pretrained (ImageNet or converted) weights, see jdepth/interop/encoder_init.py.
+    return encoder_init.apply(params, batch_stats, config.model.get("encoder_init", "scratch"))
 
 
 def predict_poses(
@@ -100,8 +118,14 @@ def automask_noise_key(rng: jax.Array, indices: jax.Array) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(rng, i))(indices)
 
 
+def automask_active(config, step: jax.Array) -> jax.Array | None:
+    """1.0 once the automask is on (`loss.automask_start_step`), None when it always is."""
+    start = int(config.loss.get("automask_start_step", 0))
+    return None if start <= 0 else (step >= start).astype(jnp.float32)
+
+
 def photometric_objective(
-    disps, frames, pyramid, poses, K, inv_K, sample_keys, config, pixel_weights=None
+    disps, frames, pyramid, poses, K, inv_K, sample_keys, config, pixel_weights=None, step=None
 ):
     """The Monodepth2 objective for one set of predictions; returns (total, aux)."""
     sources = {f: img for f, img in frames.items() if f != 0}
@@ -121,6 +145,7 @@ def photometric_objective(
         automask=config.loss.automask,
         avg_reprojection=config.loss.avg_reprojection,
         pixel_weights=pixel_weights,
+        automask_active=None if step is None else automask_active(config, step),
     )
 
 
@@ -146,7 +171,9 @@ def train_step(
       extra_loss_fn: optional plug-in `(params, batch_stats, inputs, outputs, rng) -> (loss, aux)`
         added to the total. `inputs` holds frames, frames_aug, K, inv_K (scale 0) and the samples'
         split indices `index`; `outputs` the disps and poses; `batch_stats` are the main pass's.
-        With `config.issl.enabled` the ISSL plug-in runs after it (with its own key).
+        With `config.issl.enabled` the ISSL plug-in runs after it (with its own key), then the
+        panoptic plug-in (`config.panoptic` / `config.contrastive`), which also reads
+        `inputs["panoptic"]` (target-frame labels) and `outputs["depth_aux"]`.
 
     Returns:
       (new state, metrics) with every loss term by name.
@@ -155,6 +182,8 @@ def train_step(
     extra_loss_fns = [] if extra_loss_fn is None else [extra_loss_fn]
     if issl.is_enabled(config):
         extra_loss_fns.append(issl.make_extra_loss(networks["depth"], config, state.step))
+    if panoptic_plugin.is_enabled(config):
+        extra_loss_fns.append(panoptic_plugin.make_extra_loss(networks, config))
     frames, frames_aug, pyramid, K, inv_K = prepare_batch(batch, config)
     sample_keys = automask_noise_key(step_rng, batch["index"])
     if config.loss.get("v1_multiscale", False):
@@ -180,12 +209,14 @@ def train_step(
                 ssim_weight=config.loss.ssim_weight,
                 smoothness_weight=config.loss.smoothness_weight,
                 automask=config.loss.automask, avg_reprojection=config.loss.avg_reprojection,
+                automask_active=automask_active(config, state.step),
             )
         else:
             total, aux = photometric_objective(
-                disps, frames, pyramid, poses, K, inv_K, sample_keys, config
+                disps, frames, pyramid, poses, K, inv_K, sample_keys, config, step=state.step
             )
         batch_stats = {"depth": depth_updates["batch_stats"], "pose": pose_stats}
+        aux = {**aux, **pose_summary(poses)}
         if config.loss.get("velocity_weight", 0.0) > 0:
             # Speed supervision: needs `data.load_velocity` (oxts vf of every frame).
             speed = velocity_lib.velocity_loss(
@@ -198,7 +229,9 @@ def train_step(
                 "frames": frames, "frames_aug": frames_aug, "K": K, "inv_K": inv_K,
                 "index": batch["index"],
             }
-            outputs = {"disps": disps, "poses": poses}
+            if "panoptic" in batch:
+                inputs["panoptic"] = batch["panoptic"][:, 0]  # frame 0, flipped with the images
+            outputs = {"disps": disps, "poses": poses, "depth_aux": depth_aux}
             for number, fn in enumerate(extra_loss_fns, start=1):
                 extra, extra_aux = fn(
                     params, batch_stats, inputs, outputs, jax.random.fold_in(step_rng, number)
@@ -216,6 +249,22 @@ def train_step(
     if axis_name is not None:
         metrics = jax.lax.pmean(metrics, axis_name)
     return new_state, metrics
+
+
+def pose_summary(poses: dict[int, jax.Array]) -> Metrics:
+    """Batch means of the predicted motion, to see a pose net settle (or collapse) in the logs.
+
+    Reports the translation of frame 0 -> the first later frame (cam_T_cam `[B, 4, 4]`): for a
+    forward-driving camera t_z is negative and |t_x|, |t_y| are small. Gradients are stopped.
+    """
+    later = [f for f in sorted(poses) if f > 0] or sorted(poses)
+    t = jax.lax.stop_gradient(poses[later[0]][:, :3, 3])
+    return {
+        "pose/t_x": jnp.mean(t[:, 0]),
+        "pose/t_y": jnp.mean(t[:, 1]),
+        "pose/t_z": jnp.mean(t[:, 2]),
+        "pose/t_norm": jnp.mean(jnp.linalg.norm(t, axis=-1)),
+    }
 
 
 def _global_norm(tree) -> jax.Array:

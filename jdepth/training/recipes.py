@@ -4,6 +4,11 @@ A recipe module provides `build_networks(config, bn_axis_name)`, `init_variables
 rng) -> (params, batch_stats)`, optionally `init_extra(config)`, `train_step(state, batch, rng, *,
 networks, config, axis_name)` and `predict_disparity(params, batch_stats, extra, images, *,
 networks, config)`. Plug-in losses (ISSL) are config switches inside a family, not recipes.
+
+Optional, for recipes that need them: `make_optimizer(config, steps_per_epoch)` replaces the
+default Adam (ManyDepth freezes its teacher with it); `lookup_frames(config)` names the frames
+besides frame 0 the eval pass needs, which then receives `context={"lookup": [B, H, W, 3],
+"K": [B, 4, 4] at H x W, "lookup_valid": [B]}` (see jdepth/inference.py).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import jax
 
 _RECIPES = {
     "monodepth2": "jdepth.training.monodepth",
+    "manydepth": "jdepth.training.manydepth",
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import flax
+import jax
+import jax.numpy as jnp
 import optax
 from flax import struct
 
@@ -59,11 +61,41 @@ def learning_rate_schedule(lr: float, steps_per_epoch: int, decay_epochs, decay_
 
 
 def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam with the step schedule (torch.optim.Adam defaults: betas 0.9/0.999, eps 1e-8)."""
+    """Adam with the step schedule (torch.optim.Adam defaults: betas 0.9/0.999, eps 1e-8).
+
+    `optim_cfg.hold_depth_steps` > 0 keeps the "depth" network fixed (learning rate 0) for that
+    many steps while every other network trains: a from-scratch pose net then finds the camera's
+    direction of motion against a featureless depth map before the depth net can co-adapt to a
+    wrong one (configs/demo.py). Adam's moments still accumulate during the hold.
+    `optim_cfg.pose_lr_scale` multiplies the "pose" network's learning rate (its outputs are
+    scaled by 0.01, so from scratch it is the slow learner of the pair).
+    """
     schedule = learning_rate_schedule(
         optim_cfg.lr, steps_per_epoch, optim_cfg.decay_epochs, optim_cfg.decay_factor
     )
-    tx = optax.adam(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=1e-8)
+
+    def adam(learning_rate):
+        return optax.adam(learning_rate, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=1e-8)
+
+    hold = int(optim_cfg.get("hold_depth_steps", 0))
+    pose_scale = float(optim_cfg.get("pose_lr_scale", 1.0))
+    if hold > 0 or pose_scale != 1.0:
+        groups = {
+            "depth": adam(lambda step: jnp.where(step < hold, 0.0, schedule(step))),
+            "pose": adam(lambda step: pose_scale * schedule(step)),
+            "other": adam(schedule),
+        }
+        tx = optax.multi_transform(
+            groups,
+            lambda params: {
+                name: jax.tree_util.tree_map(
+                    lambda _: name if name in ("depth", "pose") else "other", sub
+                )
+                for name, sub in params.items()
+            },
+        )
+    else:
+        tx = adam(schedule)
     if optim_cfg.get("grad_clip_norm"):
         tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), tx)
     return tx

@@ -1,0 +1,64 @@
+"""ManyDepth (MR, ResNet-18, 640x192, frames -1 and 0 for matching) on KITTI raw, Eigen-Zhou split.
+
+  python -m jdepth.train --config configs/manydepth.py --workdir runs/manydepth \
+      --config.data.root=/data/kitti_raw --config.data.split_dir=splits/eigen_zhou \
+      --config.data.test_split=splits/eigen/test_files.txt
+  python -m jdepth.evaluate --workdir runs/manydepth ... [--matching_mode static|zero_cost_volume]
+      [--teacher]
+
+Reference: KITTI Eigen AbsRel 0.098 (manydepth README, ImageNet weights), 20 epochs, batch 12,
+teacher and pose frozen after epoch 15. Multi-scale feature fusion (Shyam et al. Sec. 3.5,
+jdepth/models/msff.py): --config.model.msff=True.
+Cost: a CPU step at 640x192, batch 12 and the memory it needs are measured by
+`python tools/benchmark.py --config configs/manydepth.py` (numbers in the ManyDepth issue note).
+"""
+
+import importlib.util
+import os
+
+from ml_collections import config_dict
+
+
+def _load(name):
+    # Loaded by path: config files are run by ml_collections, not imported as a package.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"jdepth_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def add_manydepth(config):
+    """Turns a Monodepth2-family config into the ManyDepth recipe (data and budget untouched)."""
+    config.recipe = "manydepth"
+    config.issl.enabled = False  # no ISSL plug-in in this recipe
+    config.loss.v1_multiscale = False  # full-res multiscale, as the reference
+
+    m = config.model
+    m.num_depth_bins = 96
+    m.depth_binning = "linear"  # or "inverse" (uniform in 1/depth)
+    m.matching_border = 2  # cost-volume validity border, matching pixels
+    m.msff = False  # multi-scale feature fusion of the matching features (DESIGN.md item 6)
+    m.cost_volume_gradient = False  # reference: no gradient through the matching
+    m.bins_per_chunk = 0  # > 0: sweep the bins in chunks (bounds the cost volume's memory)
+
+    c = config.manydepth = config_dict.ConfigDict()
+    c.freeze_teacher_epoch = 15
+    c.freeze_teacher_step = -1  # >= 0 overrides the epoch (0: teacher and pose frozen from start)
+    c.reset_optimizer_at_freeze = True  # the reference re-creates Adam + StepLR at the freeze
+    c.matching_augmentation = True
+    c.static_camera_prob = 0.25
+    c.zero_cost_volume_prob = 0.25
+    c.motion_masking = True  # consistency mask also needs cost-volume depth within 2x of teacher
+    c.bins_init_min = 0.1
+    c.bins_init_max = 10.0
+    c.bins_momentum = 0.99
+    c.bins_margin_min = 0.9
+    c.bins_margin_max = 1.1
+
+    config.eval.teacher = False  # True: evaluate the mono teacher (jdepth.evaluate --teacher)
+    return config
+
+
+def get_config():
+    return add_manydepth(_load("monodepth2"))

@@ -1,0 +1,32 @@
+"""Monodepth2 + panoptic head + instance-aware contrastive loss (Shyam et al. Sec. 3.1, 4.2.1).
+
+  python -m jdepth.train --config configs/monodepth2_panoptic.py --workdir runs/md2_pan \
+      --config.data.root=/data/kitti_raw --config.data.split_dir=splits/eigen_zhou \
+      --config.data.test_split=splits/eigen/test_files.txt
+
+Needs panoptic label PNGs next to the frames (`panoptic_0{2,3}/data/%010d.png`, Cityscapes ids;
+DESIGN.md item 1); the synthetic dataset ships exact ones. The paper reports this branch only on
+top of ManyDepth / HRNet students (no Monodepth2 number); the other recipes switch it on the same
+way: `panoptic_config.enable(config)`, or `--config.data.load_panoptic=True
+--config.panoptic.enabled=True --config.contrastive.enabled=True` on any recipe. Ablations:
+`--config.contrastive.kind=triplet` (FSRE's loss), `--config.panoptic.enabled=False` (contrastive
+only). Costs per step: the head on the stride-4 map plus 3 Hungarian matchings (~ms).
+"""
+
+import importlib.util
+import os
+
+from jdepth.training import panoptic_config
+
+
+def _base():
+    # Loaded by path: config files are run by ml_collections, not imported as a package.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "monodepth2.py")
+    spec = importlib.util.spec_from_file_location("jdepth_config_monodepth2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config():
+    return panoptic_config.enable(_base())

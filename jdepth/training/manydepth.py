@@ -1,0 +1,338 @@
+"""The ManyDepth recipe: multi-frame cost-volume network, mono teacher, pose net; train and eval.
+
+Networks (params / batch_stats keys): ``depth`` the multi-frame ManyDepthNet, ``mono`` the
+single-frame teacher (a Monodepth2 DepthNet), ``pose`` the Monodepth2 PoseNet. Recipe state
+outside gradients (``state.extra``, checkpointed with the model): the adaptive depth range
+``min_depth_bin`` / ``max_depth_bin`` of the cost volume, used again at evaluation.
+
+One step (manydepth/trainer.py ``process_batch``), before the freeze:
+  1. poses 0->-1, 0->+1 from the pose net on the jittered frames (train mode);
+  2. the teacher's disparity of the jittered frame 0, and its loss (jdepth/losses/manydepth.py);
+  3. matching augmentation, one draw per sample: with p 0.25 the lookup frame becomes the
+     un-jittered frame 0 (static camera), with p 0.25 the matching pose becomes 0 (no cost
+     volume); both switch that sample's reprojection loss off;
+  4. the multi-frame network on the jittered frame 0 and the jittered lookup frame -1 with the
+     detached pose 0->-1 and the adaptive bins;
+  5. consistency mask (confidence x within 2x of the teacher) and the multi-frame loss with
+     detached poses; total = multi + teacher;
+  6. the bins' EMA from the teacher depth.
+From the freeze step on (``jdepth/training/teacher_freeze.py``) teacher and pose run in eval mode
+without gradient, their loss is not added and the bins stop moving. The two phases are the two
+branches of one ``lax.cond``, so the step compiles once.
+"""
+
+from __future__ import annotations
+
+import functools
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from jdepth import geometry
+from jdepth.losses import manydepth as md_losses
+from jdepth.losses import velocity as velocity_lib
+from jdepth.models.manydepth import MATCHING_SCALE, ManyDepthNet
+from jdepth.training import monodepth, teacher_freeze
+from jdepth.training.state import TrainState
+from jdepth.training.teacher_freeze import make_optimizer  # noqa: F401  (recipe protocol)
+
+Metrics = dict[str, jax.Array]
+
+LOOKUP_FRAMES = (-1,)  # the reference default: num_matching_frames=1, no future frame
+
+# Metric keys both phases report (the teacher's are 0 once it is frozen).
+_TEACHER_KEYS = ("teacher/loss", "teacher/photometric", "teacher/smoothness", "velocity")
+
+
+def lookup_frames(config) -> tuple[int, ...]:
+    """Frames the eval forward pass needs besides frame 0 (none when evaluating the teacher)."""
+    return () if config.eval.get("teacher", False) else LOOKUP_FRAMES
+
+
+def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Module]:
+    """``depth`` (multi-frame), ``mono`` (teacher) and ``pose``, as linen modules."""
+    _check_config(config)
+    mono = monodepth.build_networks(config, bn_axis_name)
+    m = config.model
+    depth = ManyDepthNet(
+        num_layers=m.num_layers,
+        scales=tuple(m.scales),
+        num_depth_bins=m.num_depth_bins,
+        depth_binning=m.depth_binning,
+        msff=m.msff,
+        cost_volume_gradient=m.cost_volume_gradient,
+        matching_border=m.matching_border,
+        bins_per_chunk=m.get("bins_per_chunk") or None,
+        bn_axis_name=bn_axis_name,
+        dtype=jnp.dtype(m.dtype),
+    )
+    return {"depth": depth, "mono": mono["depth"], "pose": mono["pose"]}
+
+
+def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
+    """Initial (params, batch_stats) keyed ``depth``, ``mono``, ``pose``."""
+    mono_rng, depth_rng = jax.random.split(rng)
+    params, batch_stats = monodepth.init_variables(
+        {"depth": networks["mono"], "pose": networks["pose"]}, config, mono_rng
+    )
+    h, w = config.data.height, config.data.width
+    image = jnp.zeros((1, h, w, 3), jnp.float32)
+    K = jnp.eye(4, dtype=jnp.float32)[None]
+    depth_vars = networks["depth"].init(
+        depth_rng, image, image[:, None], jnp.zeros((1, 1, 4, 4)), K, K, 0.1, 10.0, train=False
+    )
+    params = {"depth": depth_vars["params"], "mono": params["depth"], "pose": params["pose"]}
+    batch_stats = {
+        "depth": depth_vars["batch_stats"],
+        "mono": batch_stats["depth"],
+        "pose": batch_stats["pose"],
+    }
+    return params, batch_stats
+
+
+def init_extra(config) -> dict:
+    """The adaptive depth range, initialised as the reference's trackers (0.1, 10)."""
+    return {
+        "min_depth_bin": np.float32(config.manydepth.bins_init_min),
+        "max_depth_bin": np.float32(config.manydepth.bins_init_max),
+    }
+
+
+def matching_augmentation(rng: jax.Array, indices: jax.Array, config):
+    """Per-sample (static_camera, zero_cost_volume) bool ``[B]`` draws, keyed by sample index.
+
+    Keying by the sample's split index (as the automask noise) keeps the draws independent of how
+    the batch is split over devices.
+    """
+    c = config.manydepth
+    u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(rng, i)))(indices)
+    if not c.matching_augmentation:
+        no = jnp.zeros_like(u, bool)
+        return no, no
+    static = u < c.static_camera_prob
+    zero = (u >= c.static_camera_prob) & (u < c.static_camera_prob + c.zero_cost_volume_prob)
+    return static, zero
+
+
+def _phase(params, batch_stats, extra, inputs, *, train_teacher, networks, config, axis_name):
+    """Loss, gradients and new (batch_stats, extra, metrics) of one phase (module docstring)."""
+    frames, frames_aug = inputs["frames"], inputs["frames_aug"]
+    model, loss_cfg = config.model, config.loss
+    sources = {f: img for f, img in frames.items() if f != 0}
+    pyramid = dict(enumerate(inputs["pyramid"]))
+    common = dict(min_depth=model.min_depth, max_depth=model.max_depth,
+                  ssim_weight=loss_cfg.ssim_weight, smoothness_weight=loss_cfg.smoothness_weight,
+                  avg_reprojection=loss_cfg.avg_reprojection, axis_name=axis_name)
+
+    def loss_fn(trainable):
+        p = {**params, **trainable}
+        teacher_p = p if train_teacher else jax.lax.stop_gradient(p)
+        poses, pose_stats = monodepth.predict_poses(
+            networks["pose"], teacher_p["pose"], batch_stats["pose"], frames_aug, train_teacher
+        )
+        mono_vars = {"params": teacher_p["mono"], "batch_stats": batch_stats["mono"]}
+        if train_teacher:
+            (mono_disps, _), updates = networks["mono"].apply(
+                mono_vars, frames_aug[0], train=True, mutable=["batch_stats"]
+            )
+            mono_stats = updates["batch_stats"]
+        else:
+            mono_disps, _ = networks["mono"].apply(mono_vars, frames_aug[0], train=False)
+            mono_stats = batch_stats["mono"]
+        total = 0.0
+        aux = {k: jnp.zeros([], jnp.float32) for k in _TEACHER_KEYS}
+        _, height, width, _ = frames[0].shape
+        if train_teacher:
+            teacher_total, teacher_aux = md_losses.teacher_loss(
+                mono_disps, frames[0], sources, poses, inputs["K"], inputs["inv_K"], pyramid,
+                key=inputs["sample_keys"], automask=loss_cfg.automask, **common,
+            )
+            teacher_depths = teacher_aux["depths"]
+            aux.update({"teacher/loss": teacher_total,
+                        "teacher/photometric": teacher_aux["photometric"],
+                        "teacher/smoothness": teacher_aux["smoothness"]})
+            total = total + teacher_total
+            if loss_cfg.get("velocity_weight", 0.0) > 0:
+                speed = velocity_lib.velocity_loss(
+                    poses, inputs["velocity"], config.data.frame_interval
+                )
+                aux["velocity"] = speed
+                total = total + loss_cfg.velocity_weight * speed
+        else:
+            teacher_depths = md_losses.full_res_depths(
+                mono_disps, height, width, model.min_depth, model.max_depth
+            )
+        teacher_depths = jax.lax.stop_gradient(teacher_depths)
+
+        # The multi-frame loss and the matching never train the pose net (reference: detach).
+        fixed_poses = {f: jax.lax.stop_gradient(T) for f, T in poses.items()}
+        static, zero = inputs["static"], inputs["zero_cost_volume"]
+        lookup_id = LOOKUP_FRAMES[0]
+        lookup = jnp.where(static[:, None, None, None], frames[0], frames_aug[lookup_id])
+        match_pose = fixed_poses[lookup_id] * (~zero).astype(jnp.float32)[:, None, None]
+        depth_vars = {"params": p["depth"], "batch_stats": batch_stats["depth"]}
+        (disps, multi_aux), updates = networks["depth"].apply(
+            depth_vars, frames_aug[0], lookup[:, None], match_pose[:, None],
+            inputs["K_match"], inputs["inv_K_match"],
+            extra["min_depth_bin"], extra["max_depth_bin"], train=True, mutable=["batch_stats"],
+        )
+        consistency = md_losses.consistency_mask(
+            multi_aux["confidence"], multi_aux["lowest_cost_depth"], teacher_depths[0],
+            motion_masking=config.manydepth.motion_masking,
+        )
+        augmentation = (static | zero).astype(jnp.float32)
+        multi_total, m_aux = md_losses.multi_frame_loss(
+            disps, frames[0], sources, fixed_poses, inputs["K"], inputs["inv_K"], pyramid,
+            teacher_depths, consistency, augmentation, **common,
+        )
+        total = total + multi_total
+        aux.update({
+            "multi/loss": multi_total,
+            "multi/photometric": m_aux["photometric"],
+            "multi/consistency": m_aux["consistency"],
+            "multi/smoothness": m_aux["smoothness"],
+            "multi/reprojection_fraction": jnp.mean(m_aux["reprojection_mask"]),
+            "multi/confidence_fraction": jnp.mean(multi_aux["confidence"]),
+            "multi/augmentation_fraction": jnp.mean(augmentation),
+        })
+        new_stats = {"depth": updates["batch_stats"], "mono": mono_stats, "pose": pose_stats}
+        return total, (aux, new_stats, teacher_depths[0])
+
+    trainable = params if train_teacher else {"depth": params["depth"]}
+    (loss, (aux, new_stats, teacher_depth)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        trainable
+    )
+    if not train_teacher:
+        grads = {**grads, **{k: jax.tree_util.tree_map(jnp.zeros_like, params[k])
+                             for k in teacher_freeze.TEACHER_NETWORKS}}
+    c = config.manydepth
+    new_min, new_max, bin_stats = md_losses.update_depth_bins(
+        extra["min_depth_bin"], extra["max_depth_bin"], teacher_depth,
+        min_depth=model.min_depth, momentum=c.bins_momentum,
+        margins=(c.bins_margin_min, c.bins_margin_max), axis_name=axis_name,
+    )
+    if train_teacher:
+        extra = {"min_depth_bin": new_min, "max_depth_bin": new_max}
+    aux = {**aux, "loss": loss, "teacher/frozen": jnp.float32(not train_teacher),
+           "bins/teacher_min": bin_stats["batch_min_depth"],
+           "bins/teacher_max": bin_stats["batch_max_depth"]}
+    return grads, new_stats, extra, aux
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    networks: dict[str, nn.Module],
+    config,
+    axis_name: str | None,
+) -> tuple[TrainState, Metrics]:
+    """One optimisation step of ManyDepth (module docstring); ``(state, metrics)``."""
+    step_rng = jax.random.fold_in(rng, state.step)
+    frames, frames_aug, pyramid, K, inv_K = monodepth.prepare_batch(batch, config)
+    static, zero = matching_augmentation(jax.random.fold_in(step_rng, 1), batch["index"], config)
+    inputs = {
+        "frames": frames, "frames_aug": frames_aug, "pyramid": pyramid, "K": K, "inv_K": inv_K,
+        "K_match": batch["K"][:, MATCHING_SCALE], "inv_K_match": batch["inv_K"][:, MATCHING_SCALE],
+        "sample_keys": monodepth.automask_noise_key(step_rng, batch["index"]),
+        "static": static, "zero_cost_volume": zero,
+    }
+    if config.loss.get("velocity_weight", 0.0) > 0:
+        inputs["velocity"] = batch["velocity"][:, 0]
+    phase = functools.partial(_phase, networks=networks, config=config, axis_name=axis_name)
+    frozen = state.step >= teacher_freeze.freeze_step(config)
+    grads, batch_stats, extra, aux = jax.lax.cond(
+        frozen,
+        functools.partial(phase, train_teacher=False),
+        functools.partial(phase, train_teacher=True),
+        state.params, state.batch_stats, state.extra, inputs,
+    )
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+    new_state = state.apply_gradients(grads, batch_stats, extra)
+    metrics = dict(aux)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["bins/min"] = extra["min_depth_bin"]
+    metrics["bins/max"] = extra["max_depth_bin"]
+    metrics["lr/multi"] = teacher_freeze.multi_learning_rate(
+        config, config.train.get("steps_per_epoch") or 1, state.step
+    )
+    if axis_name is not None:
+        metrics = jax.lax.pmean(metrics, axis_name)
+    return new_state, metrics
+
+
+def predict_disparity(
+    params, batch_stats, extra, images: jax.Array, *, networks, config, context=None
+) -> jax.Array:
+    """Eval forward pass: scaled disparity at scale 0, ``[B, H, W, 1]``.
+
+    Args:
+      params, batch_stats: dicts keyed ``depth``, ``mono``, ``pose``.
+      extra: holds the adaptive bins ``min_depth_bin`` / ``max_depth_bin``.
+      images: ``[B, H, W, 3]`` frame 0 in [0, 1] at the training resolution.
+      context: for the multi-frame network: ``lookup`` ``[B, H, W, 3]`` (frame -1), ``K``
+        ``[B, 4, 4]`` pixel intrinsics at H x W, optional ``lookup_valid`` ``[B]`` bool (False:
+        no cost volume for that sample, as a missing frame in the reference). The evaluation
+        modes are inputs: static camera = ``lookup`` set to ``images``; zero cost volume =
+        ``lookup_valid`` False. With ``config.eval.teacher`` the mono teacher predicts instead.
+    """
+    if config.eval.get("teacher", False):
+        return monodepth.predict_disparity(
+            {"depth": params["mono"]}, {"depth": batch_stats["mono"]}, None, images,
+            networks={"depth": networks["mono"]}, config=config,
+        )
+    disps, _ = multi_frame_forward(
+        params, batch_stats, extra, images, networks=networks, context=context
+    )
+    scaled_disp, _ = geometry.disp_to_depth(
+        disps[0], config.model.min_depth, config.model.max_depth
+    )
+    return scaled_disp
+
+
+def multi_frame_forward(params, batch_stats, extra, images, *, networks, context):
+    """The multi-frame network in eval mode with the pose net's pose to the lookup frame.
+
+    Args: as ``predict_disparity``.
+
+    Returns:
+      ``(disps, aux)`` of ``ManyDepthNet`` (``aux`` has the cost volume's ``lowest_cost_depth``
+      and ``confidence`` at the matching resolution).
+    """
+    if context is None or "lookup" not in context or "K" not in context:
+        raise ValueError(
+            "manydepth.predict_disparity needs context={'lookup': frame -1, 'K': intrinsics}; "
+            "DepthPredictor and depth_eval.predict_split pass them for multi-frame recipes"
+        )
+    lookup = context["lookup"]
+    valid = context.get("lookup_valid")
+    valid = jnp.ones(images.shape[:1], bool) if valid is None else valid
+    # Matching intrinsics: rows 0 and 1 of the scale-0 K divided by 4, exactly the pipeline's
+    # scale-2 intrinsics for unflipped images.
+    factor = jnp.asarray([2.0**-MATCHING_SCALE, 2.0**-MATCHING_SCALE, 1.0, 1.0], jnp.float32)
+    K_match = context["K"] * factor[None, :, None]
+    pose_vars = {"params": params["pose"], "batch_stats": batch_stats["pose"]}
+    (axisangle, translation), _ = networks["pose"].apply(pose_vars, lookup, images, train=False)
+    pose = geometry.transformation_from_parameters(axisangle, translation, invert=True)
+    pose = pose * valid.astype(pose.dtype)[:, None, None]
+    depth_vars = {"params": params["depth"], "batch_stats": batch_stats["depth"]}
+    return networks["depth"].apply(
+        depth_vars, images, lookup[:, None], pose[:, None], K_match, jnp.linalg.inv(K_match),
+        extra["min_depth_bin"], extra["max_depth_bin"], train=False,
+    )
+
+
+def _check_config(config) -> None:
+    if config.get("issl") is not None and config.issl.get("enabled", False):
+        raise ValueError("the manydepth recipe has no ISSL plug-in; set issl.enabled=False")
+    if config.loss.get("v1_multiscale", False):
+        raise ValueError("the manydepth recipe implements full-res multiscale only "
+                         "(loss.v1_multiscale=False)")
+    if LOOKUP_FRAMES[0] not in tuple(config.data.frame_ids):
+        raise ValueError(f"manydepth needs frame {LOOKUP_FRAMES[0]} in data.frame_ids")
+    if len(config.model.scales) <= MATCHING_SCALE:
+        raise ValueError("manydepth needs the scale-2 intrinsics: model.scales must have 4 entries")
