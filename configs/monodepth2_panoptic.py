@@ -9,8 +9,8 @@ DESIGN.md item 1); the synthetic dataset ships exact ones. The paper reports thi
 top of ManyDepth / HRNet students (no Monodepth2 number); the other recipes switch it on the same
 way: `panoptic_config.enable(config)`, or `--config.data.load_panoptic=True
 --config.panoptic.enabled=True --config.contrastive.enabled=True` on any recipe. Ablations:
-`--config.contrastive.kind=triplet` (FSRE's loss), `--config.panoptic.enabled=False` (contrastive
-only). Costs per step: the head on the stride-4 map plus 3 Hungarian matchings (~ms).
+`--config.contrastive.kind=triplet --config.contrastive.labels=semantic` (FSRE's loss as
+published), `--config.panoptic.enabled=False` (contrastive only). Costs per step: the head on the stride-4 map plus 3 Hungarian matchings (~ms).
 """
 
 import importlib.util

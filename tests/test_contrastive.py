@@ -64,7 +64,8 @@ def test_instances_of_one_class_are_negatives_of_each_other():
     ids[:, :, 3:] = 13002  # two touching cars
     positive, negative, anchor = contrastive.patch_relations(jnp.asarray(ids), 5, min_pairs=4)
     assert bool(anchor[0, :, 2:4].all()) and int(negative.sum()) > 0
-    classes = ids // 1000  # semantic labels: one segment, no boundary
+    classes = contrastive.segment_labels(ids, "semantic")  # FSRE's labels: one segment
+    np.testing.assert_array_equal(contrastive.segment_labels(ids, "panoptic"), ids)
     _, negative_sem, anchor_sem = contrastive.patch_relations(jnp.asarray(classes), 5, 4)
     assert not bool(anchor_sem.any()) and not bool(negative_sem.any())
 
@@ -92,7 +93,9 @@ def test_multiscale_loss_weights_scales_and_trains_only_near_boundaries():
     assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(grads))
 
 
-def test_unknown_kind_is_an_error():
+def test_unknown_kind_or_labels_is_an_error():
+    with pytest.raises(ValueError, match="labels must be one of"):
+        contrastive.segment_labels(np.zeros(3, np.int32), "instance")
     cfg = panoptic_config.contrastive_section()
     cfg.kind = "infonce"
     with pytest.raises(ValueError, match="kind must be one of"):

@@ -136,12 +136,14 @@ def run(config, steps: int, steps_per_epoch: int, compile_only: bool = False) ->
     state, metrics = compiled(state, batch, rng)
     jax.block_until_ready(metrics)
     first_s = time.perf_counter() - start
+    print(f"first step {first_s:.1f} s", flush=True)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         state, metrics = compiled(state, batch, rng)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
+        print(f"step {times[-1]:.1f} s", flush=True)
     stats = jax.devices()[0].memory_stats() or {}
     loss = float(np.asarray(metrics["loss"]))
     step_s = float(np.median(times)) if times else first_s

@@ -14,7 +14,8 @@ pull on positives and the push on negatives are separate terms ("disentangles th
 triplet"), so L_i is not bounded below by 0.
 
 `triplet_loss` is FSRE's semantics-guided triplet loss (relu(mean d+ - mean d- + margin) with
-d = sqrt(2 - 2 cos)), the ablation alternative; with panoptic ids it is instance-aware too.
+d = sqrt(2 - 2 cos)), the ablation alternative; with panoptic ids it is instance-aware too, with
+`labels="semantic"` (class ids only) it is FSRE's loss as published.
 
 Decisions where the paper and FSRE are silent or differ:
 * Neighbours outside the image and void pixels (jdepth/data/panoptic_labels.py) are neither
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 from jdepth.data import panoptic_labels
 
 KINDS = ("supcon", "triplet")
+LABELS = ("panoptic", "semantic")
 _NORM_EPS = 1e-12
 # Fill for masked similarities inside logsumexp: finite so the gradient stays finite.
 _MASKED = -1e9
@@ -149,6 +151,25 @@ def triplet_loss(
     return _per_image_anchor_mean(jax.nn.relu(pos - neg + margin), anchor), jnp.sum(anchor)
 
 
+def segment_labels(panoptic: jax.Array, labels: str = "panoptic") -> jax.Array:
+    """What counts as "the same segment": panoptic ids (instances apart) or class ids (FSRE).
+
+    Args:
+      panoptic: int Cityscapes panoptic ids, any shape.
+      labels: "panoptic" or "semantic".
+
+    Returns:
+      int32 labels of the same shape, void = panoptic_labels.VOID.
+    """
+    if labels not in LABELS:
+        raise ValueError(
+            f"jdepth/losses/contrastive.py: labels must be one of {LABELS}, got {labels!r}"
+        )
+    if labels == "semantic":
+        return panoptic_labels.class_of(panoptic)
+    return panoptic_labels.canonical_ids(panoptic)
+
+
 def multiscale_contrastive_loss(
     decoder_features: Mapping[int, jax.Array], panoptic: jax.Array, cfg: Any
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -157,8 +178,8 @@ def multiscale_contrastive_loss(
     Args:
       decoder_features: {s: [B, H / 2^s, W / 2^s, C_s]} (DepthNet aux "decoder_features").
       panoptic: [B, H, W] int Cityscapes panoptic ids of the depth network's input.
-      cfg: the `config.contrastive` section (kind, scales, patch_size, temperature, margin,
-        min_pairs).
+      cfg: the `config.contrastive` section (kind, labels, scales, patch_size, temperature,
+        margin, min_pairs).
 
     Returns:
       (loss, aux) with aux "contrastive/s{s}" per scale and "contrastive/anchors" (mean per image).
@@ -167,7 +188,7 @@ def multiscale_contrastive_loss(
         raise ValueError(
             f"jdepth/losses/contrastive.py: kind must be one of {KINDS}, got {cfg.kind!r}"
         )
-    ids = panoptic_labels.canonical_ids(panoptic)
+    ids = segment_labels(panoptic, cfg.get("labels", "panoptic"))
     total, aux, anchors = 0.0, {}, 0
     for s in cfg.scales:
         labels = panoptic_labels.downsample_labels(ids, 2**s)

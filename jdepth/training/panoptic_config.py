@@ -50,6 +50,9 @@ def contrastive_section() -> config_dict.ConfigDict:
     # The paper gives no weight for eq. 1; FSRE's triplet loss, which it replaces, uses 0.1.
     cfg.weight = 0.1
     cfg.kind = "supcon"  # eq. 1; "triplet": FSRE's semantics-guided triplet loss (ablation)
+    # Positives share the panoptic segment ("panoptic", the paper) or only the class ("semantic":
+    # with kind="triplet" this is FSRE's loss as published).
+    cfg.labels = "panoptic"
     cfg.scales = (3, 2, 1)  # decoder features at 1/8, 1/4, 1/2 (FSRE's layers)
     cfg.patch_size = 5  # K
     cfg.temperature = 0.1  # tau (the paper gives no value)
