@@ -228,6 +228,7 @@ def _reference_step(state, batch, rng, *, networks, config, axis_name):
         total, aux = monodepth.photometric_objective(
             disps, frames, pyramid, poses, K, inv_K, sample_keys, config
         )
+        aux = {**aux, **monodepth.pose_summary(poses)}  # logging only, added after ISSL
         return total, (aux, {"depth": depth_updates["batch_stats"], "pose": pose_stats})
 
     (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
