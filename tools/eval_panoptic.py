@@ -4,11 +4,11 @@
       [--depth_gt velodyne|dense] [--json PATH]
 
 PQ / SQ / RQ (all, things, stuff) of the panoptic head against the split's label PNGs (skipped for
-runs without the head), then the 7 depth metrics on the whole image and on the band of pixels
-within `band_radius` pixels (at label resolution) of a thing-instance edge
-(jdepth/eval/panoptic.py `instance_edge_band`). Ground truth: the Eigen-protocol velodyne depth
-(`velodyne`, what the depth evaluation uses) or the dense `proj_depth/groundtruth` maps with the
-benchmark protocol (`dense`; exact depth on the synthetic set). Compare runs with and without the
+runs without the head), then the 7 depth metrics on the whole image, on independently moving
+objects (synthetic data) and on the band of pixels within `band_radius` pixels (at label
+resolution) of a thing-instance edge (jdepth/eval/regions.py). Ground truth: the Eigen-protocol
+velodyne depth (`velodyne`, what the depth evaluation uses) or the dense `proj_depth/groundtruth`
+maps with the benchmark protocol (`dense`; exact depth on the synthetic set). Compare runs with and without the
 panoptic branch at the same budget on the band numbers.
 """
 
@@ -21,10 +21,8 @@ import os
 import sys
 
 import jax
-import numpy as np
 
-from jdepth.data import kitti
-from jdepth.eval import depth_eval, panoptic as panoptic_eval
+from jdepth.eval import panoptic as panoptic_eval, regions
 from jdepth.eval.metrics import format_metrics_table
 from jdepth.inference import DepthPredictor
 from jdepth.training import panoptic as panoptic_plugin
@@ -44,26 +42,10 @@ def _pq(predictor: DepthPredictor, split_file: str, max_images) -> dict | None:
 
 def _depth(predictor: DepthPredictor, split_file: str, max_images, radius: int, gt_kind: str,
            workdir: str) -> dict:
-    root = predictor.config.data.root
-    # evaluate_split takes ground truth for the whole split and applies max_images itself.
-    refs = kitti.read_split_file(split_file)
-    if gt_kind == "dense":
-        gt = [kitti.load_benchmark_depth(kitti.benchmark_gt_path(root, r)) for r in refs]
-        split_kind = "eigen_benchmark"
-    else:
-        cache = os.path.join(workdir, "eval", f"gt_{os.path.basename(split_file)}.npz")
-        gt = depth_eval.gt_depths_for_split(root, split_file, cache)
-        split_kind = "eigen"
-    bands = [panoptic_eval.instance_edge_band(kitti.load_panoptic(kitti.panoptic_path(root, r)),
-                                              radius) for r in refs]
-    bands = [b if b.shape == g.shape else np.zeros_like(g, bool) for b, g in zip(bands, gt)]
-    common = dict(median_scaling=not predictor.absolute, split_kind=split_kind,
-                  max_images=max_images)
-    return {
-        "all": depth_eval.evaluate_split(predictor, root, split_file, gt, **common),
-        "edge_band": depth_eval.evaluate_split(predictor, root, split_file, gt, masks=bands,
-                                               **common),
-    }
+    return regions.evaluate_regions(
+        predictor, predictor.config.data.root, split_file, gt_kind=gt_kind, band_radius=radius,
+        median_scaling=not predictor.absolute, max_images=max_images,
+        cache_dir=os.path.join(workdir, "eval"))
 
 
 def main(argv=None) -> int:
@@ -90,8 +72,9 @@ def main(argv=None) -> int:
     out["depth"] = _depth(predictor, split_file, args.max_images, args.band_radius, args.depth_gt,
                           args.workdir)
     for name, metrics in out["depth"].items():
-        print(f"depth ({name}, {args.depth_gt} gt):")
-        print(format_metrics_table(metrics))
+        print(f"depth ({name}, {args.depth_gt} gt, {metrics['num_images']} images):")
+        if metrics["num_images"]:
+            print(format_metrics_table(metrics))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

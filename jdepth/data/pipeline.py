@@ -16,6 +16,10 @@ One element (before batching) is a dict:
   index      int32   []            position of the frame in the split file
   panoptic   int32   [F, H, W]     Cityscapes panoptic ids (only with `load_panoptic`)
   velocity   float32 [F]           oxts forward velocity in m/s (only with `load_velocity`)
+  instance_masks, instance_valid, thing_mask, dropped_mask
+                                   piece-wise pose targets, matched after the flip (only with
+                                   `max_instances` > 0, which needs `load_panoptic`; shapes and
+                                   rules in `jdepth.data.instances`)
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from jdepth.data import kitti
+from jdepth.data import instances, kitti
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,15 @@ class PipelineConfig:
     on_missing: str = "raise"  # neighbour missing at a sequence boundary: 'raise' or 'clamp'
     load_panoptic: bool = False
     load_velocity: bool = False
+    max_instances: int = 0  # > 0: piece-wise pose targets with this many instance slots
+    min_instance_area: float = 0.01  # alpha: instances below this fraction of H * W are dropped
+
+    def __post_init__(self):
+        if self.max_instances > 0 and not self.load_panoptic:
+            raise ValueError(
+                "jdepth/data/pipeline.py: max_instances > 0 (piece-wise pose) needs the panoptic "
+                "labels; set load_panoptic=True (config.data.load_panoptic)"
+            )
 
 
 def resize_image(image: np.ndarray, height: int, width: int, path: str = "") -> np.ndarray:
@@ -176,6 +189,9 @@ def assemble_sample(
     if cfg.load_panoptic:
         labels = np.stack(panoptic).astype(np.int32)
         sample["panoptic"] = np.ascontiguousarray(labels[:, :, ::-1] if flipped else labels)
+        if cfg.max_instances > 0:  # on the flipped labels: masks stay aligned with the images
+            sample.update(instances.match_instances(
+                sample["panoptic"], cfg.max_instances, cfg.min_instance_area))
     if cfg.load_velocity:
         sample["velocity"] = np.asarray(velocity, np.float32)
     return sample

@@ -135,3 +135,20 @@ def evaluate_constant_prediction(depth_map: np.ndarray, gt_depths, median_scalin
     return depth_metrics.evaluate_predictions(
         gt_depths, [disp] * len(gt_depths), median_scaling=median_scaling, **kw
     )
+
+
+class ConstantDepthPredictor:
+    """The baseline as a predictor: the same depth map [H, W] for every image.
+
+    Lets region evaluations (jdepth/eval/regions.py) score the baseline through the path they
+    score trained models with.
+    """
+
+    lookup_offsets = ()
+    absolute = False
+
+    def __init__(self, depth_map: np.ndarray):
+        self.disparity = (1.0 / np.maximum(np.asarray(depth_map, np.float32), 1e-3))
+
+    def predict_disparity(self, images, batch_size: int = 8, **unused):
+        return np.stack([self.disparity] * len(images))

@@ -259,7 +259,9 @@ def monodepth_loss(
       disps: scale -> ``[B, H/2^s, W/2^s, 1]`` sigmoid disparity at its native resolution.
       target: ``[B, H, W, 3]`` frame 0 at full resolution.
       sources: frame id -> ``[B, H, W, 3]`` source frames (e.g. -1 and +1).
-      poses: frame id -> ``[B, 4, 4]`` target->source transform ``T(0 -> f)``.
+      poses: frame id -> ``[B, 4, 4]`` target->source transform ``T(0 -> f)``, or a per-pixel
+        ``[B, H, W, 4, 4]`` one (piece-wise rigid motion, jdepth/training/piecewise.py); every
+        scale is warped at ``H x W``, so one full-resolution field serves all scales.
       K: ``[B, 4, 4]`` intrinsics at ``H x W``.
       inv_K: ``[B, 4, 4]`` their inverse.
       target_pyramid: scale -> ``[B, H/2^s, W/2^s, 3]`` frame 0 resized to each scale.
@@ -377,6 +379,12 @@ def _check_inputs(
             raise ValueError(
                 f"monodepth_loss: sources[{frame}] has shape {source.shape}, expected the target "
                 f"shape {target.shape}"
+            )
+    for frame, pose in poses.items():
+        if pose.shape not in ((batch, 4, 4), (batch, height, width, 4, 4)):
+            raise ValueError(
+                f"monodepth_loss: poses[{frame}] must be [{batch}, 4, 4] or [{batch}, {height}, "
+                f"{width}, 4, 4], got {pose.shape}"
             )
     for name, matrix in (("K", K), ("inv_K", inv_K)):
         if matrix.shape != (batch, 4, 4):

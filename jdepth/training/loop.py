@@ -22,7 +22,7 @@ from jdepth.data import pipeline
 from jdepth.eval import depth_eval
 from jdepth.eval.metrics import format_metrics_table
 from jdepth.inference import DepthPredictor
-from jdepth.training import checkpoint, recipes
+from jdepth.training import checkpoint, piecewise, recipes
 from jdepth.training.datasets import resolve_data
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.parallel import DataParallel
@@ -48,16 +48,30 @@ def pipeline_config(config) -> pipeline.PipelineConfig:
         on_missing=d.get("on_missing", "raise"),
         load_panoptic=bool(d.get("load_panoptic", False)),
         load_velocity=bool(d.get("load_velocity", False)),
+        **piecewise.pipeline_settings(config),
     )
 
 
-def _check_finite(metrics: dict, step: int) -> None:
-    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+# A skipped update (TrainState.apply_gradients) reports a non-finite gradient norm by design.
+_MAY_BE_NONFINITE = ("grad_norm",)
+
+
+def _check_finite(metrics: dict, step: int, max_skipped: int) -> None:
+    bad = sorted(k for k, v in metrics.items()
+                 if not math.isfinite(v) and k not in _MAY_BE_NONFINITE)
     if bad:
         raise NonFiniteLossError(
             f"non-finite training metrics at step {step}: {', '.join(bad)}. Training stopped; the "
             "last checkpoint predates this state. Usual causes: learning rate too high, a corrupt "
             "input frame (check the data), or a pose net fine-tuned on tiny data (monodepth2#160)."
+        )
+    skipped = int(metrics.get("skipped_steps", 0))
+    if skipped > max_skipped:
+        raise NonFiniteLossError(
+            f"{skipped} updates skipped for a non-finite gradient by step {step} (limit "
+            f"train.max_skipped_steps={max_skipped}). Training stopped; the last checkpoint "
+            "predates this state. A finite loss with a non-finite gradient points at a backward "
+            "pass (run one step with JAX_DEBUG_NANS=True from the last checkpoint to find it)."
         )
 
 
@@ -163,6 +177,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                disable=not config.train.progress_bar)
     t_window, n_window = time.perf_counter(), 0
     step = start_step
+    max_skipped = int(config.train.get("max_skipped_steps", 5))
+    skipped_seen = 0
     while step < total_steps:
         host_batch = next(data_iter)
         batch = parallel.put_batch(host_batch)
@@ -170,9 +186,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
         step += 1
         n_window += 1
         bar.update(1)
-        if step % config.train.log_every == 0 or step == total_steps or step == start_step + 1:
+        saving = step % config.train.ckpt_every_steps == 0 or step == total_steps
+        logging_now = (step % config.train.log_every == 0 or step == total_steps
+                       or step == start_step + 1)
+        if saving and not logging_now:
+            # A non-finite step between two log steps must not reach a checkpoint: a resumed run
+            # would restart from the poisoned state.
+            _check_finite(parallel.metrics_to_host(metrics), step, max_skipped)
+        if logging_now:
             host_metrics = parallel.metrics_to_host(metrics)
-            _check_finite(host_metrics, step)
+            _check_finite(host_metrics, step, max_skipped)
+            if host_metrics["skipped_steps"] > skipped_seen:
+                skipped_seen = int(host_metrics["skipped_steps"])
+                bar.write(f"step {step}: {skipped_seen} update(s) so far skipped for a non-finite "
+                          "gradient (params kept)")
             elapsed = time.perf_counter() - t_window
             sps = n_window * batch_size / max(elapsed, 1e-9)
             host_metrics.update(
@@ -186,7 +213,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             writer.scalars(step, host_metrics)
             bar.set_postfix(loss=f"{host_metrics['loss']:.4f}", sps=f"{sps:.1f}")
             t_window, n_window = time.perf_counter(), 0
-        if step % config.train.ckpt_every_steps == 0 or step == total_steps:
+        if saving:
             save(step)
         if eval_every and step % eval_every == 0 and step < total_steps:
             current = predictor_now()

@@ -17,8 +17,8 @@ One step (manydepth/trainer.py ``process_batch``), before the freeze:
      detached poses; total = multi + teacher;
   6. the bins' EMA from the teacher depth.
 From the freeze step on (``jdepth/training/teacher_freeze.py``) teacher and pose run in eval mode
-without gradient, their loss is not added and the bins stop moving. The two phases are the two
-branches of one ``lax.cond``, so the step compiles once.
+without gradient, their loss is logged but not added and the bins stop moving. The phase is a
+traced flag (``state.step < freeze step``) selecting between values, so the step compiles once.
 """
 
 from __future__ import annotations
@@ -41,9 +41,6 @@ from jdepth.training.teacher_freeze import make_optimizer  # noqa: F401  (recipe
 Metrics = dict[str, jax.Array]
 
 LOOKUP_FRAMES = (-1,)  # the reference default: num_matching_frames=1, no future frame
-
-# Metric keys both phases report (the teacher's are 0 once it is frozen).
-_TEACHER_KEYS = ("teacher/loss", "teacher/photometric", "teacher/smoothness", "velocity")
 
 
 def lookup_frames(config) -> tuple[int, ...]:
@@ -116,8 +113,45 @@ def matching_augmentation(rng: jax.Array, indices: jax.Array, config):
     return static, zero
 
 
-def _phase(params, batch_stats, extra, inputs, *, train_teacher, networks, config, axis_name):
-    """Loss, gradients and new (batch_stats, extra, metrics) of one phase (module docstring)."""
+def _teacher_outputs(params, batch_stats, frames_aug, joint, networks):
+    """Poses and teacher disparity of both phases, selected by the traced flag ``joint``.
+
+    Before the freeze: train mode (batch statistics, updated running statistics, gradients).
+    After: eval mode (running statistics, frozen), without gradient. Both are computed and one is
+    selected: XLA:CPU runs convolutions inside ``lax.cond`` branches about 10x slower than outside
+    (jax-ml/jax#12868), so a cond over the phases costs far more than the two extra forward
+    passes (teacher + 2 poses) this spends.
+
+    Returns:
+      (poses {f: [B, 4, 4]}, disps {s: [B, h, w, 1]}, {"mono": stats, "pose": stats}).
+    """
+    poses, pose_stats = monodepth.predict_poses(
+        networks["pose"], params["pose"], batch_stats["pose"], frames_aug, train=True
+    )
+    mono_vars = {"params": params["mono"], "batch_stats": batch_stats["mono"]}
+    (disps, _), updates = networks["mono"].apply(
+        mono_vars, frames_aug[0], train=True, mutable=["batch_stats"]
+    )
+    fixed = jax.lax.stop_gradient(params)
+    frozen_poses, _ = monodepth.predict_poses(
+        networks["pose"], fixed["pose"], batch_stats["pose"], frames_aug, train=False
+    )
+    frozen_disps, _ = networks["mono"].apply(
+        {"params": fixed["mono"], "batch_stats": batch_stats["mono"]}, frames_aug[0], train=False
+    )
+
+    def pick(new, old):
+        return jax.tree_util.tree_map(
+            lambda a, b: jnp.where(joint, a, jax.lax.stop_gradient(b)), new, old
+        )
+
+    stats = {"mono": pick(updates["batch_stats"], batch_stats["mono"]),
+             "pose": pick(pose_stats, batch_stats["pose"])}
+    return pick(poses, frozen_poses), pick(disps, frozen_disps), stats
+
+
+def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axis_name):
+    """Total loss of one step and its aux (module docstring); ``joint`` is the phase flag."""
     frames, frames_aug = inputs["frames"], inputs["frames_aug"]
     model, loss_cfg = config.model, config.loss
     sources = {f: img for f, img in frames.items() if f != 0}
@@ -125,100 +159,58 @@ def _phase(params, batch_stats, extra, inputs, *, train_teacher, networks, confi
     common = dict(min_depth=model.min_depth, max_depth=model.max_depth,
                   ssim_weight=loss_cfg.ssim_weight, smoothness_weight=loss_cfg.smoothness_weight,
                   avg_reprojection=loss_cfg.avg_reprojection, axis_name=axis_name)
+    live = joint.astype(jnp.float32)
 
-    def loss_fn(trainable):
-        p = {**params, **trainable}
-        teacher_p = p if train_teacher else jax.lax.stop_gradient(p)
-        poses, pose_stats = monodepth.predict_poses(
-            networks["pose"], teacher_p["pose"], batch_stats["pose"], frames_aug, train_teacher
-        )
-        mono_vars = {"params": teacher_p["mono"], "batch_stats": batch_stats["mono"]}
-        if train_teacher:
-            (mono_disps, _), updates = networks["mono"].apply(
-                mono_vars, frames_aug[0], train=True, mutable=["batch_stats"]
-            )
-            mono_stats = updates["batch_stats"]
-        else:
-            mono_disps, _ = networks["mono"].apply(mono_vars, frames_aug[0], train=False)
-            mono_stats = batch_stats["mono"]
-        total = 0.0
-        aux = {k: jnp.zeros([], jnp.float32) for k in _TEACHER_KEYS}
-        _, height, width, _ = frames[0].shape
-        if train_teacher:
-            teacher_total, teacher_aux = md_losses.teacher_loss(
-                mono_disps, frames[0], sources, poses, inputs["K"], inputs["inv_K"], pyramid,
-                key=inputs["sample_keys"], automask=loss_cfg.automask, **common,
-            )
-            teacher_depths = teacher_aux["depths"]
-            aux.update({"teacher/loss": teacher_total,
-                        "teacher/photometric": teacher_aux["photometric"],
-                        "teacher/smoothness": teacher_aux["smoothness"]})
-            total = total + teacher_total
-            if loss_cfg.get("velocity_weight", 0.0) > 0:
-                speed = velocity_lib.velocity_loss(
-                    poses, inputs["velocity"], config.data.frame_interval
-                )
-                aux["velocity"] = speed
-                total = total + loss_cfg.velocity_weight * speed
-        else:
-            teacher_depths = md_losses.full_res_depths(
-                mono_disps, height, width, model.min_depth, model.max_depth
-            )
-        teacher_depths = jax.lax.stop_gradient(teacher_depths)
-
-        # The multi-frame loss and the matching never train the pose net (reference: detach).
-        fixed_poses = {f: jax.lax.stop_gradient(T) for f, T in poses.items()}
-        static, zero = inputs["static"], inputs["zero_cost_volume"]
-        lookup_id = LOOKUP_FRAMES[0]
-        lookup = jnp.where(static[:, None, None, None], frames[0], frames_aug[lookup_id])
-        match_pose = fixed_poses[lookup_id] * (~zero).astype(jnp.float32)[:, None, None]
-        depth_vars = {"params": p["depth"], "batch_stats": batch_stats["depth"]}
-        (disps, multi_aux), updates = networks["depth"].apply(
-            depth_vars, frames_aug[0], lookup[:, None], match_pose[:, None],
-            inputs["K_match"], inputs["inv_K_match"],
-            extra["min_depth_bin"], extra["max_depth_bin"], train=True, mutable=["batch_stats"],
-        )
-        consistency = md_losses.consistency_mask(
-            multi_aux["confidence"], multi_aux["lowest_cost_depth"], teacher_depths[0],
-            motion_masking=config.manydepth.motion_masking,
-        )
-        augmentation = (static | zero).astype(jnp.float32)
-        multi_total, m_aux = md_losses.multi_frame_loss(
-            disps, frames[0], sources, fixed_poses, inputs["K"], inputs["inv_K"], pyramid,
-            teacher_depths, consistency, augmentation, **common,
-        )
-        total = total + multi_total
-        aux.update({
-            "multi/loss": multi_total,
-            "multi/photometric": m_aux["photometric"],
-            "multi/consistency": m_aux["consistency"],
-            "multi/smoothness": m_aux["smoothness"],
-            "multi/reprojection_fraction": jnp.mean(m_aux["reprojection_mask"]),
-            "multi/confidence_fraction": jnp.mean(multi_aux["confidence"]),
-            "multi/augmentation_fraction": jnp.mean(augmentation),
-        })
-        new_stats = {"depth": updates["batch_stats"], "mono": mono_stats, "pose": pose_stats}
-        return total, (aux, new_stats, teacher_depths[0])
-
-    trainable = params if train_teacher else {"depth": params["depth"]}
-    (loss, (aux, new_stats, teacher_depth)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        trainable
+    poses, mono_disps, teacher_stats = _teacher_outputs(
+        params, batch_stats, frames_aug, joint, networks
     )
-    if not train_teacher:
-        grads = {**grads, **{k: jax.tree_util.tree_map(jnp.zeros_like, params[k])
-                             for k in teacher_freeze.TEACHER_NETWORKS}}
-    c = config.manydepth
-    new_min, new_max, bin_stats = md_losses.update_depth_bins(
-        extra["min_depth_bin"], extra["max_depth_bin"], teacher_depth,
-        min_depth=model.min_depth, momentum=c.bins_momentum,
-        margins=(c.bins_margin_min, c.bins_margin_max), axis_name=axis_name,
+    # The teacher's loss is computed in both phases (logged) but only trains before the freeze.
+    teacher_total, teacher_aux = md_losses.teacher_loss(
+        mono_disps, frames[0], sources, poses, inputs["K"], inputs["inv_K"], pyramid,
+        key=inputs["sample_keys"], automask=loss_cfg.automask, **common,
     )
-    if train_teacher:
-        extra = {"min_depth_bin": new_min, "max_depth_bin": new_max}
-    aux = {**aux, "loss": loss, "teacher/frozen": jnp.float32(not train_teacher),
-           "bins/teacher_min": bin_stats["batch_min_depth"],
-           "bins/teacher_max": bin_stats["batch_max_depth"]}
-    return grads, new_stats, extra, aux
+    total = jnp.where(joint, teacher_total, 0.0)
+    aux = {"teacher/loss": teacher_total, "teacher/photometric": teacher_aux["photometric"],
+           "teacher/smoothness": teacher_aux["smoothness"], "teacher/frozen": 1.0 - live}
+    if loss_cfg.get("velocity_weight", 0.0) > 0:
+        speed = velocity_lib.velocity_loss(poses, inputs["velocity"], config.data.frame_interval)
+        aux["velocity"] = speed
+        total = total + jnp.where(joint, loss_cfg.velocity_weight * speed, 0.0)
+    teacher_depths = jax.lax.stop_gradient(teacher_aux["depths"])
+
+    # The multi-frame loss and the matching never train the pose net (reference: detach).
+    fixed_poses = {f: jax.lax.stop_gradient(T) for f, T in poses.items()}
+    static, zero = inputs["static"], inputs["zero_cost_volume"]
+    lookup_id = LOOKUP_FRAMES[0]
+    lookup = jnp.where(static[:, None, None, None], frames[0], frames_aug[lookup_id])
+    match_pose = fixed_poses[lookup_id] * (~zero).astype(jnp.float32)[:, None, None]
+    depth_vars = {"params": params["depth"], "batch_stats": batch_stats["depth"]}
+    (disps, multi_aux), updates = networks["depth"].apply(
+        depth_vars, frames_aug[0], lookup[:, None], match_pose[:, None],
+        inputs["K_match"], inputs["inv_K_match"],
+        extra["min_depth_bin"], extra["max_depth_bin"], train=True, mutable=["batch_stats"],
+    )
+    consistency = md_losses.consistency_mask(
+        multi_aux["confidence"], multi_aux["lowest_cost_depth"], teacher_depths[0],
+        motion_masking=config.manydepth.motion_masking,
+    )
+    augmentation = (static | zero).astype(jnp.float32)
+    multi_total, m_aux = md_losses.multi_frame_loss(
+        disps, frames[0], sources, fixed_poses, inputs["K"], inputs["inv_K"], pyramid,
+        teacher_depths, consistency, augmentation, **common,
+    )
+    total = total + multi_total
+    aux.update({
+        "multi/loss": multi_total,
+        "multi/photometric": m_aux["photometric"],
+        "multi/consistency": m_aux["consistency"],
+        "multi/smoothness": m_aux["smoothness"],
+        "multi/reprojection_fraction": jnp.mean(m_aux["reprojection_mask"]),
+        "multi/confidence_fraction": jnp.mean(multi_aux["confidence"]),
+        "multi/augmentation_fraction": jnp.mean(augmentation),
+    })
+    new_stats = {"depth": updates["batch_stats"], **teacher_stats}
+    return total, (aux, new_stats, teacher_depths[0])
 
 
 def train_step(
@@ -242,21 +234,31 @@ def train_step(
     }
     if config.loss.get("velocity_weight", 0.0) > 0:
         inputs["velocity"] = batch["velocity"][:, 0]
-    phase = functools.partial(_phase, networks=networks, config=config, axis_name=axis_name)
-    frozen = state.step >= teacher_freeze.freeze_step(config)
-    grads, batch_stats, extra, aux = jax.lax.cond(
-        frozen,
-        functools.partial(phase, train_teacher=False),
-        functools.partial(phase, train_teacher=True),
-        state.params, state.batch_stats, state.extra, inputs,
-    )
+    joint = state.step < teacher_freeze.freeze_step(config)
+    loss_fn = functools.partial(_loss_fn, networks=networks, config=config, axis_name=axis_name)
+    (loss, (aux, batch_stats, teacher_depth)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True
+    )(state.params, state.batch_stats, state.extra, inputs, joint)
+    # Frozen: exact zeros for teacher and pose (their loss is already masked out; this also keeps
+    # a non-finite teacher gradient from leaking through 0 * inf).
+    for name in teacher_freeze.TEACHER_NETWORKS:
+        grads[name] = jax.tree_util.tree_map(lambda g: jnp.where(joint, g, 0.0), grads[name])
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
+
+    c = config.manydepth
+    new_min, new_max, bin_stats = md_losses.update_depth_bins(
+        state.extra["min_depth_bin"], state.extra["max_depth_bin"], teacher_depth,
+        min_depth=config.model.min_depth, momentum=c.bins_momentum,
+        margins=(c.bins_margin_min, c.bins_margin_max), axis_name=axis_name,
+    )
+    extra = {"min_depth_bin": jnp.where(joint, new_min, state.extra["min_depth_bin"]),
+             "max_depth_bin": jnp.where(joint, new_max, state.extra["max_depth_bin"])}
     new_state = state.apply_gradients(grads, batch_stats, extra)
-    metrics = dict(aux)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["bins/min"] = extra["min_depth_bin"]
-    metrics["bins/max"] = extra["max_depth_bin"]
+    metrics = {**aux, "loss": loss, "grad_norm": optax.global_norm(grads),
+               "bins/min": extra["min_depth_bin"], "bins/max": extra["max_depth_bin"],
+               "bins/teacher_min": bin_stats["batch_min_depth"],
+               "bins/teacher_max": bin_stats["batch_max_depth"]}
     metrics["lr/multi"] = teacher_freeze.multi_learning_rate(
         config, config.train.get("steps_per_epoch") or 1, state.step
     )

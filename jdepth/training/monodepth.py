@@ -4,7 +4,8 @@ One step = depth on the jittered target, one pose per source frame, the full-res
 photometric objective on the un-augmented frames. Plug-in losses hook in through `extra_loss_fn`;
 ISSL (`config.issl.enabled`, jdepth/losses/issl.py) and the panoptic head / contrastive loss
 (`config.panoptic.enabled`, `config.contrastive.enabled`, jdepth/training/panoptic.py) are built
-here from the config. Recipes with
+here from the config; `config.piecewise.enabled` swaps the pose step for piece-wise pose
+(jdepth/training/piecewise.py). Recipes with
 other networks (ManyDepth, students) have their own step module and reuse the pieces here.
 """
 
@@ -23,23 +24,54 @@ from jdepth.losses import issl
 from jdepth.losses import velocity as velocity_lib
 from jdepth.losses import monodepth as monodepth_losses
 from jdepth.models.depth_decoder import DepthNet
+from jdepth.models.diffnet_decoder import HRDepthNet
 from jdepth.models.pose_net import PoseNet
 from jdepth.training import panoptic as panoptic_plugin
+from jdepth.training import piecewise
 from jdepth.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
+
+
+DEPTH_ARCHS = ("resnet", "hrnet")
+
+
+def build_depth_network(config, bn_axis_name: str | None, dtype) -> nn.Module:
+    """`config.model.depth_arch`: "resnet" (Monodepth2's DepthNet, the default) or "hrnet"
+    (HRNet-18 + DIFFNet decoder, jdepth/models/diffnet_decoder.py; `model.scale_head` adds the
+    Student-II global scale head). Both return `(disps, aux)` with aux["encoder_features"] (5
+    levels, strides 2..32) and aux["decoder_features"] of the same shapes."""
+    m = config.model
+    arch = m.get("depth_arch", "resnet")
+    if arch not in DEPTH_ARCHS:
+        raise ValueError(f"config.model.depth_arch must be one of {DEPTH_ARCHS}, got {arch!r}")
+    if arch == "resnet":
+        if m.get("scale_head", False):
+            raise ValueError("config.model.scale_head needs config.model.depth_arch='hrnet'")
+        return DepthNet(
+            num_layers=m.num_layers, scales=tuple(m.scales), bn_axis_name=bn_axis_name, dtype=dtype
+        )
+    if str(m.get("encoder_init", "scratch")).startswith("imagenet"):
+        # The ImageNet files are torchvision ResNets; HRNet's (DIFFNet's OneDrive links) are gone.
+        raise ValueError("model.encoder_init='imagenet:...' loads ResNet weights; with "
+                         "depth_arch='hrnet' use 'scratch' or 'params:PATH'")
+    return HRDepthNet(
+        scales=tuple(m.scales),
+        normalize_input=m.get("hrnet_normalize_input", True),
+        scale_head=m.get("scale_head", False),
+        scale_head_features=m.get("scale_head_features", 128),
+        gamma_min=m.get("gamma_min", 0.1),
+        gamma_max=m.get("gamma_max", 10.0),
+        bn_axis_name=bn_axis_name,
+        dtype=dtype,
+    )
 
 
 def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Module]:
     """The depth and pose networks of the recipe, as linen modules (pure `apply`)."""
     dtype = jnp.dtype(config.model.dtype)
     networks = {
-        "depth": DepthNet(
-            num_layers=config.model.num_layers,
-            scales=tuple(config.model.scales),
-            bn_axis_name=bn_axis_name,
-            dtype=dtype,
-        ),
+        "depth": build_depth_network(config, bn_axis_name, dtype),
         "pose": PoseNet(
             num_layers=config.model.pose_num_layers,
             bn_axis_name=bn_axis_name,
@@ -187,6 +219,9 @@ def train_step(
     frames, frames_aug, pyramid, K, inv_K = prepare_batch(batch, config)
     sample_keys = automask_noise_key(step_rng, batch["index"])
     if config.loss.get("v1_multiscale", False):
+        if piecewise.is_enabled(config):
+            raise ValueError("piece-wise pose warps at full resolution; it does not combine with "
+                             "config.loss.v1_multiscale")
         source_pyramids = {
             f: [img] + [device_transforms.downscale(img, 2**s) for s in range(1, len(pyramid))]
             for f, img in frames.items() if f != 0
@@ -197,9 +232,18 @@ def train_step(
         (disps, depth_aux), depth_updates = networks["depth"].apply(
             depth_vars, frames_aug[0], train=True, mutable=["batch_stats"]
         )
-        poses, pose_stats = predict_poses(
-            networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, train=True
-        )
+        if piecewise.is_enabled(config):
+            # Ego pose on thing-masked pairs; the warp composes per-instance poses (Sec. 3.3).
+            poses, warp_poses, pose_stats, piecewise_aux = piecewise.predict_piecewise_poses(
+                networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, batch,
+                tuple(config.data.frame_ids),
+            )
+            pixel_weights = piecewise.photometric_weights(batch["dropped_mask"])
+        else:
+            poses, pose_stats = predict_poses(
+                networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, train=True
+            )
+            warp_poses, pixel_weights, piecewise_aux = poses, None, {}
         if config.loss.get("v1_multiscale", False):
             total, aux = monodepth_losses.monodepth_loss_v1(
                 disps, dict(enumerate(pyramid)),
@@ -213,10 +257,11 @@ def train_step(
             )
         else:
             total, aux = photometric_objective(
-                disps, frames, pyramid, poses, K, inv_K, sample_keys, config, step=state.step
+                disps, frames, pyramid, warp_poses, K, inv_K, sample_keys, config,
+                pixel_weights=pixel_weights, step=state.step,
             )
         batch_stats = {"depth": depth_updates["batch_stats"], "pose": pose_stats}
-        aux = {**aux, **pose_summary(poses)}
+        aux = {**aux, **pose_summary(poses), **piecewise_aux}
         if config.loss.get("velocity_weight", 0.0) > 0:
             # Speed supervision: needs `data.load_velocity` (oxts vf of every frame).
             speed = velocity_lib.velocity_loss(
@@ -283,8 +328,10 @@ def predict_disparity(
     """
     del extra
     variables = {"params": params["depth"], "batch_stats": batch_stats["depth"]}
-    disps, _ = networks["depth"].apply(variables, images, train=False)
+    disps, aux = networks["depth"].apply(variables, images, train=False)
     scaled_disp, _ = geometry.disp_to_depth(
         disps[0], config.model.min_depth, config.model.max_depth
     )
+    if "scale" in aux:  # scale-aware student: depth = gamma * depth, i.e. disparity / gamma
+        scaled_disp = scaled_disp / aux["scale"][:, None, None, None]
     return scaled_disp

@@ -45,7 +45,10 @@ class DataParallel:
 
         def counted(state, batch, rng, axis_name):
             self.num_traces += 1  # runs at trace time only
-            return step_fn(state, batch, rng, axis_name=axis_name)
+            new_state, metrics = step_fn(state, batch, rng, axis_name=axis_name)
+            # Cumulative, so the loop sees a skipped update at its next log step.
+            metrics = {**metrics, "skipped_steps": new_state.skipped_steps}
+            return new_state, metrics
 
         if mode == "pmap":
             self._step = jax.pmap(

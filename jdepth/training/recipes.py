@@ -20,6 +20,7 @@ import jax
 _RECIPES = {
     "monodepth2": "jdepth.training.monodepth",
     "manydepth": "jdepth.training.manydepth",
+    "student": "jdepth.training.student",  # HRDepth+ / HRDepth++ (scale distillation)
 }
 
 

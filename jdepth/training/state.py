@@ -17,7 +17,8 @@ class TrainState:
 
     `params` and `batch_stats` are dicts keyed by network name ("depth", "pose", ...), so recipes add
     networks without a new state class. The step counter is the single source of truth for the LR
-    schedule, the RNG stream and the epoch.
+    schedule, the RNG stream and the epoch. `skipped_steps` counts updates dropped for a
+    non-finite gradient (`apply_gradients`).
     """
 
     step: Any
@@ -25,6 +26,7 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     extra: Any  # recipe state that is not trained by gradients (e.g. ManyDepth's adaptive bins)
+    skipped_steps: Any
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
     @classmethod
@@ -35,17 +37,37 @@ class TrainState:
             batch_stats=batch_stats,
             opt_state=tx.init(params),
             extra=extra if extra is not None else {},
+            # Strictly typed like the update's result: a weak int would retrace the step once.
+            skipped_steps=jnp.zeros((), jnp.int32),
             tx=tx,
         )
 
     def apply_gradients(self, grads, batch_stats, extra=None):
+        """One optimizer update; a step whose gradient is not finite changes nothing but `step`.
+
+        A single NaN or inf anywhere in the gradient (a float32 edge case in one pixel's backward
+        pass, once in thousands of steps) would otherwise poison every parameter and Adam moment
+        for good. Such a step keeps params, optimizer moments, BatchNorm statistics and `extra`,
+        and counts itself in `skipped_steps`; the step counter still advances, so the data
+        stream, RNG and schedules stay aligned. The train loop stops the run when skipped steps
+        accumulate (`train.max_skipped_steps`) or the loss itself is not finite.
+        """
+        finite = jnp.all(jnp.asarray(
+            [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        new = {
+            "params": optax.apply_updates(self.params, updates),
+            "opt_state": opt_state,
+            "batch_stats": batch_stats,
+            "extra": self.extra if extra is None else extra,
+        }
+        old = {"params": self.params, "opt_state": self.opt_state,
+               "batch_stats": self.batch_stats, "extra": self.extra}
+        kept = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
         return self.replace(
             step=self.step + 1,
-            params=optax.apply_updates(self.params, updates),
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-            extra=self.extra if extra is None else extra,
+            skipped_steps=self.skipped_steps + (1 - finite.astype(jnp.int32)),
+            **kept,
         )
 
 

@@ -1,0 +1,196 @@
+"""Piece-wise (per-instance) pose for dynamic objects (paper Sec. 3.3, Fig. 3; DESIGN.md item 4).
+
+`config.piecewise.enabled` changes how the Monodepth2 family's train step gets its poses:
+
+* Global (ego) pose: the pose net on the pair with every thing pixel zeroed in both frames
+  (`batch["thing_mask"]`), so moving cars cannot drag the camera motion.
+* Instance poses: the same pose net on the pair masked to one matched instance (both frames), one
+  6-DoF pose per slot of `batch["instance_masks"]` (jdepth/data/instances.py). All B * M slots
+  run as ONE batched call per source frame (reshape `[B * M, H, W, 3]`), padded slots included:
+  static shapes, one compilation whatever the number of instances.
+* Composed warp: every target pixel inside a valid, matched target instance is moved by that
+  instance's transform, every other pixel by the global one: a per-pixel `[B, H, W, 4, 4]`
+  transform that `geometry.inverse_warp` (and so `losses.monodepth.monodepth_loss`) consumes at
+  full resolution. Target thing pixels without a pose (`batch["dropped_mask"]`: below alpha,
+  beyond M, crowd) get weight 0 in the photometric mean (paper: "masking small objects").
+
+The global poses stay the recipe's `poses` ([B, 4, 4], for the pose summary, the speed loss and
+the plug-ins); only the photometric warp sees the composed transforms. Pair order and inversion
+follow Monodepth2 (`training.monodepth.predict_poses`).
+
+BatchNorm: the global call is the recipe's pose call (train mode, its statistics update the
+running averages as before). The instance call also normalises with its own batch statistics
+(train mode, so instance poses are not computed with running averages the step never fitted),
+but its updates are DISCARDED: the running statistics, used at evaluation, keep describing
+static-scene pairs. Padded slots are all-zero pairs and take part in the instance call's batch
+statistics, so an instance's normalisation depends (smoothly) on how many slots of the batch are
+filled; masked statistics would need a mask threaded through the ResNet encoder.
+
+ManyDepth (not wired here): the multi-frame network's cost volume should keep using the GLOBAL
+pose. At test time no instance masks exist, so a cost volume built with instance poses in
+training would see geometry it never sees at test; moving objects in the cost volume are handled
+by ManyDepth's consistency mask as before. The photometric losses of the mono teacher and of the
+multi-frame student are where the composed warp belongs (same call as here).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jdepth import geometry
+
+
+def is_enabled(config) -> bool:
+    """Whether `config.piecewise.enabled` is set (no `piecewise` section: off)."""
+    cfg = config.get("piecewise")
+    return bool(cfg is not None and cfg.enabled)
+
+
+def pipeline_settings(config) -> dict[str, Any]:
+    """`PipelineConfig` fields for the instance targets (max_instances 0 when off)."""
+    if not is_enabled(config):
+        return {"max_instances": 0}
+    if not config.data.get("load_panoptic", False):
+        raise ValueError(
+            "jdepth/training/piecewise.py: config.piecewise.enabled needs panoptic labels; set "
+            "config.data.load_panoptic=True"
+        )
+    return {
+        "max_instances": int(config.piecewise.max_instances),
+        "min_instance_area": float(config.piecewise.min_area_fraction),
+    }
+
+
+def _pose_pair(
+    pose_net: nn.Module, params, batch_stats, frame: int, target: jax.Array, source: jax.Array
+) -> tuple[jax.Array, Any]:
+    """T(0 -> frame) ``[N, 4, 4]`` from one train-mode call in Monodepth2's pair order."""
+    pair = (source, target) if frame < 0 else (target, source)
+    ((axisangle, translation), _), updates = pose_net.apply(
+        {"params": params, "batch_stats": batch_stats}, *pair, train=True, mutable=["batch_stats"]
+    )
+    T = geometry.transformation_from_parameters(axisangle, translation, invert=frame < 0)
+    return T, updates["batch_stats"]
+
+
+def instance_poses(
+    pose_net: nn.Module,
+    params,
+    batch_stats,
+    frame: int,
+    target: jax.Array,
+    source: jax.Array,
+    target_masks: jax.Array,
+    source_masks: jax.Array,
+) -> jax.Array:
+    """One pose per instance slot, all slots in one batched call (BN updates discarded).
+
+    Args:
+      pose_net: the recipe's PoseNet.
+      params, batch_stats: its variables.
+      frame: the source frame id (its sign sets the pair order).
+      target: ``[B, H, W, 3]`` frame 0.
+      source: ``[B, H, W, 3]`` frame ``frame``.
+      target_masks: ``[B, M, H, W]`` instance masks in frame 0.
+      source_masks: ``[B, M, H, W]`` the matched masks in frame ``frame``.
+
+    Returns:
+      ``[B, M, 4, 4]`` target->source transform of every slot (padded slots see zero images;
+      their poses are meaningless and must be ignored through the valid flags).
+    """
+    batch, slots, height, width = target_masks.shape
+
+    def masked(image, masks):
+        images = image[:, None] * masks[..., None].astype(image.dtype)
+        return images.reshape(batch * slots, height, width, image.shape[-1])
+
+    T, _ = _pose_pair(
+        pose_net, params, batch_stats, frame, masked(target, target_masks),
+        masked(source, source_masks)
+    )
+    return T.reshape(batch, slots, 4, 4)
+
+
+def compose_transforms(
+    global_T: jax.Array, instance_T: jax.Array, target_masks: jax.Array, valid: jax.Array
+) -> jax.Array:
+    """Per-pixel transforms: the matched instance's inside its target mask, the global elsewhere.
+
+    Args:
+      global_T: ``[B, 4, 4]``.
+      instance_T: ``[B, M, 4, 4]``.
+      target_masks: ``[B, M, H, W]`` bool/0-1 target instance masks (disjoint: panoptic).
+      valid: ``[B, M]`` bool, the slots whose pose may be used (target instance matched in this
+        source frame).
+
+    Returns:
+      ``[B, H, W, 4, 4]``. Written as global + sum of masked differences, so a pixel outside
+      every valid instance gets exactly ``global_T`` (and its gradient).
+    """
+    weights = target_masks.astype(global_T.dtype) * valid.astype(global_T.dtype)[:, :, None, None]
+    delta = instance_T - global_T[:, None]
+    return global_T[:, None, None] + jnp.einsum("bmhw,bmij->bhwij", weights, delta)
+
+
+def photometric_weights(dropped_mask: jax.Array) -> jax.Array:
+    """``[B, H, W]`` dropped thing pixels -> ``[B, H, W, 1]`` float weights (0 there, else 1)."""
+    return (1.0 - dropped_mask.astype(jnp.float32))[..., None]
+
+
+def predict_piecewise_poses(
+    pose_net: nn.Module, params, batch_stats, frames: dict[int, jax.Array], batch: dict,
+    frame_ids: tuple[int, ...],
+) -> tuple[dict[int, jax.Array], dict[int, jax.Array], Any, dict[str, jax.Array]]:
+    """Global and composed poses of every source frame (module docstring), train mode.
+
+    Args:
+      pose_net, params, batch_stats: the recipe's pose network and its variables.
+      frames: frame id -> ``[B, H, W, 3]`` pose-net inputs (the colour-jittered frames).
+      batch: holds ``instance_masks`` ``[B, F, M, H, W]``, ``instance_valid`` ``[B, F, M]`` and
+        ``thing_mask`` ``[B, F, H, W]`` in `frame_ids` order (jdepth/data/instances.py).
+      frame_ids: the order of the F axis.
+
+    Returns:
+      (global poses {f: ``[B, 4, 4]``}, warp poses {f: ``[B, H, W, 4, 4]``}, updated
+      batch_stats (global calls only), aux scalars).
+    """
+    _check_batch(batch)
+    index = {f: i for i, f in enumerate(frame_ids)}
+    keep = 1.0 - batch["thing_mask"].astype(jnp.float32)[..., None]
+    target_masks = batch["instance_masks"][:, index[0]]
+    global_poses, warp_poses, matched = {}, {}, []
+    for f in sorted(k for k in frames if k != 0):
+        T, batch_stats = _pose_pair(
+            pose_net, params, batch_stats, f, frames[0] * keep[:, index[0]],
+            frames[f] * keep[:, index[f]]
+        )
+        instance_T = instance_poses(
+            pose_net, params, batch_stats, f, frames[0], frames[f], target_masks,
+            batch["instance_masks"][:, index[f]]
+        )
+        valid = batch["instance_valid"][:, index[f]] & batch["instance_valid"][:, index[0]]
+        global_poses[f] = T
+        warp_poses[f] = compose_transforms(T, instance_T, target_masks, valid)
+        matched.append(jnp.mean(jnp.sum(valid, axis=1).astype(jnp.float32)))
+    aux = {
+        "piecewise/instances": jnp.mean(
+            jnp.sum(batch["instance_valid"][:, index[0]], axis=1).astype(jnp.float32)),
+        "piecewise/matched": sum(matched) / len(matched),
+        "piecewise/dropped_fraction": jnp.mean(batch["dropped_mask"].astype(jnp.float32)),
+    }
+    return global_poses, warp_poses, batch_stats, aux
+
+
+def _check_batch(batch: dict) -> None:
+    missing = [k for k in ("instance_masks", "instance_valid", "thing_mask", "dropped_mask")
+               if k not in batch]
+    if missing:
+        raise ValueError(
+            f"jdepth/training/piecewise.py: piece-wise pose needs {missing} in the batch; the "
+            "pipeline writes them when config.piecewise.enabled and config.data.load_panoptic "
+            "are set (jdepth/data/instances.py)"
+        )

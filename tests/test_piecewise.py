@@ -1,0 +1,307 @@
+"""Piece-wise pose (jdepth/training/piecewise.py): composed warp, batched instance poses, the step."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+from conftest import load_config, random_batch, tiny_config
+from jdepth import geometry
+from jdepth.data import instances
+from jdepth.losses import monodepth as monodepth_losses
+from jdepth.losses.photometric import photometric_error
+from jdepth.training import monodepth, piecewise
+from jdepth.training import parallel as parallel_lib
+from jdepth.training.state import TrainState
+from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fixture)
+
+# --------------------------------------------------------------------------------------------
+# An analytic scene: a textured wall at z = 20 m and a textured car face at z = 8 m that moves on
+# its own. Images are ray-cast in numpy, so depth, masks and every transform are exact.
+H, W = 48, 96
+FOCAL = 60.0
+WALL_Z, CAR_Z = 20.0, 8.0
+CAR_HALF_WIDTH, CAR_HALF_HEIGHT = 1.5, 1.0
+
+
+def _intrinsics() -> np.ndarray:
+    return np.array([[FOCAL, 0, (W - 1) / 2, 0], [0, FOCAL, (H - 1) / 2, 0], [0, 0, 1, 0],
+                     [0, 0, 0, 1]])
+
+
+def _transform(axisangle, translation) -> np.ndarray:
+    T = geometry.transformation_from_parameters(
+        jnp.asarray([axisangle], jnp.float32), jnp.asarray([translation], jnp.float32))
+    return np.asarray(T[0], np.float64)
+
+
+def _texture(points: np.ndarray, period: float) -> np.ndarray:
+    """Smooth RGB pattern of the surface coordinates (X, Y) of target-time points."""
+    x, y = points[..., 0], points[..., 1]
+    channels = [0.5 + 0.25 * np.sin(2 * np.pi * (x / period + p)) + 0.2 * np.cos(
+        2 * np.pi * (y / (0.8 * period) + 2 * p)) for p in (0.0, 0.3, 0.6)]
+    return np.stack(channels, axis=-1)
+
+
+def _hit_plane(rays, T, z_plane):
+    """Ray parameter s where rays of a camera meet the plane z = z_plane of the target frame,
+    carried into that camera by T (target -> camera); also the target-frame point hit."""
+    R, t = T[:3, :3], T[:3, 3]
+    normal = R @ np.array([0.0, 0.0, 1.0])
+    s = (z_plane + normal @ t) / (rays @ normal)
+    points = (s[..., None] * rays - t) @ R  # R^T (s r - t), row vectors
+    return s, points
+
+
+def _render(T_wall: np.ndarray, T_car: np.ndarray):
+    """Image [H, W, 3], depth [H, W] and car mask [H, W] seen by a camera at T (target -> it)."""
+    ys, xs = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    pix = np.stack([xs, ys, np.ones_like(xs)], -1).astype(np.float64)
+    rays = pix @ np.linalg.inv(_intrinsics()[:3, :3]).T
+    s_wall, wall_points = _hit_plane(rays, T_wall, WALL_Z)
+    s_car, car_points = _hit_plane(rays, T_car, CAR_Z)
+    on_car = (np.abs(car_points[..., 0]) <= CAR_HALF_WIDTH) & (
+        np.abs(car_points[..., 1]) <= CAR_HALF_HEIGHT) & (s_car > 0) & (s_car < s_wall)
+    image = np.where(on_car[..., None], _texture(car_points, 1.1), _texture(wall_points, 4.0))
+    depth = np.where(on_car, s_car, s_wall)  # rays have z = 1: s is the z-depth
+    return image.astype(np.float32), depth.astype(np.float32), on_car
+
+
+EGO = _transform([0.0, 0.02, 0.0], [0.05, 0.0, -0.6])  # the camera drives forward, yawing
+CAR_MOTION = _transform([0.0, -0.06, 0.0], [0.9, 0.0, 0.4])  # the car crosses, target frame
+CAR = EGO @ CAR_MOTION  # target -> source for the car's points
+
+
+def _scene():
+    target, depth, car_mask = _render(np.eye(4), np.eye(4))
+    source, _, _ = _render(EGO, CAR)
+    return target, depth, car_mask, source
+
+
+def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    out = mask.copy()
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            out &= np.roll(np.roll(mask, dy, 0), dx, 1)
+    return out
+
+
+def test_composed_warp_aligns_the_moving_car_and_the_global_warp_does_not():
+    """The issue's must-show: with the true poses, only the composed warp explains the car."""
+    target, depth, car_mask, source = _scene()
+    assert 0.05 < car_mask.mean() < 0.2
+    K = jnp.asarray(_intrinsics(), jnp.float32)[None]
+    inv_K = jnp.linalg.inv(K)
+    masks = np.stack([car_mask, np.zeros_like(car_mask)])[None]  # slot 1: padding
+    garbage = _transform([0.3, 0.0, 0.0], [5.0, 0.0, 0.0])  # must be ignored (invalid slot)
+    per_pixel = piecewise.compose_transforms(
+        jnp.asarray(EGO, jnp.float32)[None], jnp.asarray(np.stack([CAR, garbage]), jnp.float32)[None],
+        jnp.asarray(masks), jnp.asarray([[True, False]]))
+    assert per_pixel.shape == (1, H, W, 4, 4)
+    errors, _ = monodepth_losses.reprojection_errors(
+        jnp.asarray(depth)[None, ..., None], jnp.asarray(target)[None],
+        {"composed": jnp.asarray(source)[None], "global": jnp.asarray(source)[None]},
+        {"composed": per_pixel, "global": jnp.asarray(EGO, jnp.float32)[None]}, K, inv_K)
+    errors = np.asarray(errors[0])
+    car = _erode(car_mask, 2)  # the car's outline samples across the occlusion boundary
+    inner = np.zeros((H, W), bool)
+    inner[4:-4, 4:-4] = True  # away from the border padding of the sampler
+    wall = _erode(~car_mask, 3) & inner
+    composed_car, global_car = errors[car, 0].mean(), errors[car, 1].mean()
+    print(f"photometric error on car pixels: composed {composed_car:.4f}, global {global_car:.4f}")
+    assert composed_car < 0.01
+    assert global_car > 10 * composed_car and global_car > 0.05
+    # Off the car both warps use the ego pose (the per-pixel path rounds differently).
+    np.testing.assert_allclose(errors[wall, 0], errors[wall, 1], atol=1e-4)
+    assert errors[wall, 0].mean() < 0.01
+
+
+def test_monodepth_loss_takes_per_pixel_transforms():
+    rng = np.random.default_rng(0)
+    batch, height, width = 2, 16, 24
+    target = jnp.asarray(rng.uniform(size=(batch, height, width, 3)), jnp.float32)
+    sources = {-1: jnp.roll(target, 1, axis=2), 1: jnp.roll(target, -1, axis=2)}
+    poses = {f: geometry.transformation_from_parameters(
+        jnp.full((batch, 3), 0.01 * f), jnp.full((batch, 3), 0.1 * f)) for f in sources}
+    K = jnp.asarray(np.broadcast_to(np.array(
+        [[20.0, 0, 12, 0], [0, 20, 8, 0], [0, 0, 1, 0], [0, 0, 0, 1]]), (batch, 4, 4)), jnp.float32)
+    disps = {0: jnp.full((batch, height, width, 1), 0.3), 1: jnp.full((batch, 8, 12, 1), 0.4)}
+    pyramid = {0: target, 1: target[:, ::2, ::2]}
+    loss = functools.partial(monodepth_losses.monodepth_loss, disps, target, sources,
+                             K=K, inv_K=jnp.linalg.inv(K), target_pyramid=pyramid, key=None)
+    dense = {f: jnp.broadcast_to(T[:, None, None], (batch, height, width, 4, 4))
+             for f, T in poses.items()}
+    np.testing.assert_allclose(loss(dense)[0], loss(poses)[0], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"poses\[1\]"):
+        loss({-1: poses[-1], 1: dense[1][:, :8]})
+
+
+def test_compose_transforms_picks_the_instance_inside_its_mask_only():
+    g = jnp.asarray(EGO, jnp.float32)[None]
+    inst = jnp.asarray(np.stack([CAR, 2 * np.eye(4)]), jnp.float32)[None]
+    masks = np.zeros((1, 2, 4, 5), bool)
+    masks[0, 0, 1:3, 1:3] = True
+    masks[0, 1, 3, :] = True
+    out = np.asarray(piecewise.compose_transforms(g, inst, jnp.asarray(masks),
+                                                  jnp.asarray([[True, False]])))
+    np.testing.assert_allclose(out[0, 1, 1], CAR, atol=1e-6)
+    np.testing.assert_array_equal(out[0, 3, 0], np.asarray(g[0]))  # invalid slot: global, exact
+    np.testing.assert_array_equal(out[0, 0, 0], np.asarray(g[0]))
+
+
+# --------------------------------------------------------------------------------------------
+# The batched instance call.
+_CALLS = []  # input shapes of every _CountingPoseNet call (flax turns list fields into tuples)
+
+
+class _CountingPoseNet(nn.Module):
+    """PoseNet's interface with a per-pair result (pixel means) and a BatchNorm to update."""
+
+    @nn.compact
+    def __call__(self, frame_a, frame_b, train):
+        _CALLS.append(frame_a.shape)
+        pair = jnp.concatenate([frame_a, frame_b], axis=-1)
+        normalised = nn.BatchNorm(use_running_average=not train, momentum=0.5)(pair)
+        means = jnp.mean(pair, axis=(1, 2)) + 0.0 * jnp.mean(normalised)
+        return (0.1 * means[:, :3], means[:, 3:]), {}
+
+
+def test_instance_poses_are_one_batched_call_per_slot_pair():
+    rng = np.random.default_rng(1)
+    batch, slots, height, width = 2, 3, 8, 10
+    target = jnp.asarray(rng.uniform(size=(batch, height, width, 3)), jnp.float32)
+    source = jnp.asarray(rng.uniform(size=(batch, height, width, 3)), jnp.float32)
+    target_masks = jnp.asarray(rng.uniform(size=(batch, slots, height, width)) > 0.5)
+    source_masks = jnp.asarray(rng.uniform(size=(batch, slots, height, width)) > 0.5)
+    net = _CountingPoseNet()
+    variables = net.init(jax.random.PRNGKey(0), target, source, train=False)
+    _CALLS.clear()
+    T = piecewise.instance_poses(net, variables["params"], variables["batch_stats"], -1, target,
+                                 source, target_masks, source_masks)
+    assert T.shape == (batch, slots, 4, 4)
+    assert _CALLS == [(batch * slots, height, width, 3)]  # one call over all B * M slots
+    for b in range(batch):
+        for m in range(slots):
+            (axisangle, translation), _ = net.apply(
+                variables, source[b:b + 1] * source_masks[b, m, ..., None],
+                target[b:b + 1] * target_masks[b, m, ..., None], train=False)
+            expected = geometry.transformation_from_parameters(axisangle, translation, invert=True)
+            np.testing.assert_allclose(T[b, m], expected[0], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# The train step.
+SH, SW, SLOTS = 64, 64, 2
+
+
+def _config(enabled: bool, frame_ids=(0, 1)):
+    # One source frame: every pose-net call is a ResNet to compile, and compiling is the cost here.
+    config = tiny_config(height=SH, width=SW, batch_size=2)
+    config.data.frame_ids = frame_ids
+    config.data.load_panoptic = enabled
+    config.piecewise.enabled = enabled
+    config.piecewise.max_instances = SLOTS
+    config.train.steps_per_epoch = 10
+    return config
+
+
+def _batch_with_instances(config, seed: int, cars: int) -> dict:
+    batch = random_batch(config, 2, seed=seed)
+    frames = len(config.data.frame_ids)
+    ids = np.zeros((2, frames, SH, SW), np.int32)
+    for c in range(cars):  # one car per slot, shifted by a pixel per frame
+        for f in range(frames):
+            ids[:, f, 8:24, 4 + 20 * c + f:20 + 20 * c + f] = 13001 + c
+    ids[:, :, 28:30, 60:62] = 13009  # 4 px < alpha: dropped, masked out of the loss
+    batch["panoptic"] = ids
+    targets = [instances.match_instances(ids[b], SLOTS, 0.01) for b in range(2)]
+    for key in instances.KEYS:
+        batch[key] = np.stack([t[key] for t in targets])
+    return batch
+
+
+def _state(config, networks, tx):
+    shapes = jax.eval_shape(
+        functools.partial(monodepth.init_variables, networks, config), jax.random.PRNGKey(0))
+    params, batch_stats = fill_like(shapes)
+    return TrainState.create(params, batch_stats, tx)
+
+
+def test_config_switch_and_pipeline_settings():
+    base, demo = load_config("monodepth2"), load_config("demo_piecewise")
+    assert not piecewise.is_enabled(base) and piecewise.pipeline_settings(base) == {
+        "max_instances": 0}
+    assert piecewise.is_enabled(demo) and demo.data.load_panoptic
+    assert piecewise.pipeline_settings(demo) == {"max_instances": 8, "min_instance_area": 0.01}
+    assert (demo.data.height, demo.data.width, demo.train.batch_size) == (64, 192, 8)
+    base.piecewise.enabled = True
+    with pytest.raises(ValueError, match="load_panoptic"):
+        piecewise.pipeline_settings(base)
+
+
+def test_piecewise_step_compiles_once_for_different_instance_counts():
+    config = _config(True, frame_ids=(0, -1))  # an earlier frame: the inverted pair order
+    networks = monodepth.build_networks(config)
+    state = _state(config, networks, optax.adam(1e-4))
+    step_fn = functools.partial(monodepth.train_step, networks=networks, config=config)
+    dp = parallel_lib.DataParallel(step_fn, mode="jit", devices=jax.local_devices()[:1])
+    current = dp.put_state(state)
+    metrics = []
+    for seed, cars in ((0, 1), (1, 2)):
+        batch = _batch_with_instances(config, seed, cars)
+        current, step_metrics = dp.step(current, dp.put_batch(batch), jax.random.PRNGKey(1))
+        metrics.append(dp.metrics_to_host(step_metrics))
+    assert dp.num_traces == 1
+    assert [m["piecewise/instances"] for m in metrics] == [1.0, 2.0]
+    assert [m["piecewise/matched"] for m in metrics] == [1.0, 2.0]
+    assert metrics[0]["piecewise/dropped_fraction"] == pytest.approx(4 / (SH * SW))
+    for step_metrics in metrics:
+        assert all(np.isfinite(v) for v in step_metrics.values()), step_metrics
+    final = dp.get_state(current)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(final.params))
+
+
+def _capture_grads() -> optax.GradientTransformation:
+    """An 'optimizer' that leaves params alone and keeps the raw gradients as its state."""
+    return optax.GradientTransformation(
+        lambda params: jax.tree_util.tree_map(jnp.zeros_like, params),
+        lambda grads, state, params=None: (jax.tree_util.tree_map(jnp.zeros_like, grads), grads))
+
+
+def test_switched_off_is_the_global_pose_step_bit_for_bit():
+    """OFF == the global-pose objective rebuilt from public pieces, even with instance keys in
+    the batch: same loss and gradients, bit for bit."""
+    config = _config(False)
+    networks = monodepth.build_networks(config)
+    state = _state(config, networks, _capture_grads())
+    batch = _batch_with_instances(config, 0, 2)
+    rng = jax.random.PRNGKey(3)
+
+    def reference(state, batch):
+        step_rng = jax.random.fold_in(rng, state.step)
+        frames, frames_aug, pyramid, K, inv_K = monodepth.prepare_batch(batch, config)
+        keys = monodepth.automask_noise_key(step_rng, batch["index"])
+
+        def loss_fn(params):
+            (disps, _), _ = networks["depth"].apply(
+                {"params": params["depth"], "batch_stats": state.batch_stats["depth"]},
+                frames_aug[0], train=True, mutable=["batch_stats"])
+            poses, _ = monodepth.predict_poses(
+                networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, True)
+            total, _ = monodepth.photometric_objective(
+                disps, frames, pyramid, poses, K, inv_K, keys, config, step=state.step)
+            return total
+
+        return jax.value_and_grad(loss_fn)(state.params)
+
+    step = jax.jit(functools.partial(monodepth.train_step, networks=networks, config=config,
+                                     axis_name=None))
+    loss, grads = jax.jit(reference)(state, batch)
+    new_state, metrics = step(state, batch, rng)
+    assert np.asarray(metrics["loss"]) == np.asarray(loss)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.opt_state, grads)
+    assert not any(k.startswith("piecewise/") for k in metrics)

@@ -1,0 +1,181 @@
+"""The student recipe: scale distillation loss, teacher restore, distillation train step, eval.
+
+The teacher is a real ManyDepth workdir written in a tmp dir (config.json + an orbax checkpoint of
+numpy-filled variables): building it by `init` would compile three ResNets for nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from conftest import load_config, random_batch
+from jdepth.losses.distillation import scale_distillation_loss
+from jdepth.training import checkpoint, recipes, student
+from jdepth.training.state import TrainState, make_optimizer
+
+H, W = 64, 96
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles():
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def _fill(tree, seed: int):
+    """Concrete numpy values for an abstract variable tree (BN: identity statistics)."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = getattr(path[-1], "key", "")
+        if name in ("var", "scale"):
+            return np.ones(leaf.shape, leaf.dtype)
+        if len(leaf.shape) >= 2:
+            std = np.sqrt(1.0 / np.prod(leaf.shape[:-1]))
+            return rng.normal(0.0, std, leaf.shape).astype(leaf.dtype)
+        return np.zeros(leaf.shape, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, tree)
+
+
+@pytest.fixture(scope="module")
+def teacher_workdir(tmp_path_factory):
+    """A ManyDepth run at 64x96 with one checkpoint (step 3) of random weights."""
+    workdir = str(tmp_path_factory.mktemp("teacher"))
+    config = load_config("manydepth_demo")
+    config.data.height, config.data.width = H, W
+    checkpoint.save_config(workdir, config)
+    model = _fill(recipes.abstract_state_tree(config), seed=0)
+    model["extra"] = {"min_depth_bin": np.float32(1.5), "max_depth_bin": np.float32(30.0)}
+    ckpt = checkpoint.Checkpointer(workdir)
+    ckpt.save(3, model, {"step": np.int64(3)}, {})
+    ckpt.close()
+    return workdir, model
+
+
+def _student_config(teacher_dir=None, arch="hrnet", scale_head=True):
+    config = load_config("hrdepth_pp_demo")
+    config.data.height, config.data.width = H, W
+    config.data.load_panoptic = False
+    config.panoptic.enabled = config.contrastive.enabled = False
+    config.model.depth_arch = arch
+    config.model.scale_head = scale_head
+    config.eval.absolute_depth = scale_head
+    config.distill.teacher_workdir = teacher_dir
+    return config
+
+
+def test_distillation_loss_hand_checked():
+    student_depth = jnp.array([1.0, 2.0, 4.0, 8.0]).reshape(2, 1, 2, 1)
+    teacher_depth = jnp.array([3.0, 3.0, 1.0, 5.0]).reshape(2, 1, 2, 1)
+    gamma = jnp.array([2.0, 0.5])
+    # gamma * D_s = [2, 4 | 2, 4]; minus D_t = [-1, 1 | 1, -1] -> mean |.| = 1.
+    loss, aux = scale_distillation_loss(student_depth, gamma, teacher_depth)
+    np.testing.assert_allclose(loss, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(aux["distill/gamma"], 1.25, rtol=1e-6)
+    # Per-image median ratio: (3 / 3 + 3 / 3) / 2.
+    np.testing.assert_allclose(aux["distill/median_ratio"], 1.0, rtol=1e-6)
+    # d loss / d gamma_b = sum over image b of sign(gamma D_s - D_t) * D_s / (all 4 pixels).
+    grad = jax.grad(lambda g: scale_distillation_loss(student_depth, g, teacher_depth)[0])(gamma)
+    np.testing.assert_allclose(grad, [(-1.0 + 2.0) / 4, (4.0 - 8.0) / 4], rtol=1e-6)
+    with pytest.raises(ValueError, match="gamma"):
+        scale_distillation_loss(student_depth, gamma[:1], teacher_depth)
+
+
+def test_teacher_is_restored_from_its_orbax_checkpoint(teacher_workdir):
+    workdir, saved = teacher_workdir
+    config = _student_config(workdir)
+    networks = student.build_networks(config)
+    assert isinstance(networks[student.TEACHER], student.Teacher)
+    assert networks[student.TEACHER].lookup_frames() == (-1,)
+    extra = student.init_extra(config)
+    restored = extra[student.TEACHER]
+    assert set(restored["params"]) == {"depth", "mono", "pose"}
+    jax.tree_util.tree_map(np.testing.assert_array_equal, restored, saved)
+    # The restore target of the student's own checkpoints holds the teacher's shapes, built from
+    # the teacher's config without reading its checkpoint.
+    abstract = recipes.abstract_state_tree(config)["extra"][student.TEACHER]
+    assert jax.tree_util.tree_map(lambda a: a.shape, abstract) == jax.tree_util.tree_map(
+        np.shape, saved
+    )
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="teacher_workdir"):
+        student.build_networks(_student_config(None, scale_head=True))
+    config = _student_config(None, scale_head=False)
+    config.eval.absolute_depth = True
+    with pytest.raises(ValueError, match="absolute_depth"):
+        student.build_networks(config)
+
+
+@pytest.mark.slow
+def test_distillation_step_compiles_once_and_reduces_the_distillation_loss(teacher_workdir):
+    # A ResNet student keeps the compile short; the HRNet student runs the same plug-in (its
+    # scale head output replaces gamma = 1), exercised by the predict test below.
+    workdir, _ = teacher_workdir
+    config = _student_config(workdir, arch="resnet", scale_head=False)
+    config.optim.lr = 1e-3
+    networks = student.build_networks(config)
+    params, batch_stats = jax.eval_shape(
+        lambda: student.init_variables(networks, config, jax.random.key(0))
+    )
+    state = TrainState.create(_fill(params, 1), _fill(batch_stats, 2),
+                              make_optimizer(config.optim, 10), student.init_extra(config))
+    # Device arrays throughout, as the train loop's put_state gives (a Python int step would be
+    # weakly typed and retrace the second step).
+    state = jax.tree_util.tree_map(jnp.asarray, state)
+    traces = []
+
+    def counted(*args, **kwargs):
+        traces.append(1)
+        return student.train_step(*args, **kwargs)
+
+    step = jax.jit(functools.partial(counted, networks=networks, config=config, axis_name=None))
+    batch = random_batch(config, 2)
+    losses = []
+    for _ in range(2):
+        state, metrics = step(state, batch, jax.random.key(0))
+        losses.append(float(metrics["distill/l1"]))
+        assert np.isfinite(float(metrics["grad_norm"])) and float(metrics["grad_norm"]) > 0
+    assert len(traces) == 1
+    assert losses[1] < losses[0]
+    np.testing.assert_allclose(metrics["distill"], 0.5 * metrics["distill/l1"], rtol=1e-6)
+    # The teacher's variables ride along unchanged.
+    jax.tree_util.tree_map(np.testing.assert_array_equal, state.extra[student.TEACHER],
+                           student.init_extra(config)[student.TEACHER])
+
+
+def test_scale_head_gets_a_gradient_from_distillation_and_predicts_absolute_depth():
+    # Student-II eval: disparity / gamma, so 1 / prediction = gamma x depth (no median scaling).
+    from jdepth import geometry
+    from jdepth.models.scale_head import ScaleHead
+
+    head = ScaleHead(features=4)
+    deepest = jax.random.normal(jax.random.key(0), (2, 2, 3, 144))
+    params = head.init(jax.random.key(1), deepest)["params"]
+    student_depth = jnp.full((2, 4, 6, 1), 2.0)
+    teacher_depth = jnp.full((2, 4, 6, 1), 30.0)
+
+    def loss(p):
+        gamma = head.apply({"params": p}, deepest)
+        return scale_distillation_loss(student_depth, gamma, teacher_depth)[0]
+
+    grads = jax.grad(loss)(params)
+    leaves = jax.tree_util.tree_leaves(grads)
+    assert all(np.all(np.isfinite(g)) for g in leaves)
+    assert float(grads["conv3"]["bias"][0]) < 0  # gamma * 2 < 30: the scale must grow
+
+    disp = jnp.full((2, 4, 6, 1), 0.5)
+    scaled, depth = geometry.disp_to_depth(disp, 0.1, 100.0)
+    gamma = jnp.array([2.0, 3.0])
+    absolute = 1.0 / (scaled / gamma[:, None, None, None])
+    np.testing.assert_allclose(absolute, gamma[:, None, None, None] * depth, rtol=1e-6)

@@ -1,0 +1,272 @@
+"""Trains every recipe on one synthetic dataset with the same budget and seed; writes RESULTS.md.
+
+  python tools/run_synthetic_suite.py [--runs runs/suite] [--only demo,demo_issl] \
+      [--results RESULTS.md] [--figure docs/synthetic_suite.png]
+
+Each entry of SUITE is a config file (all demo-sized: 192x64, batch 8, the same epochs, seed and
+synthetic set) and the workdir it trains in. A run that already finished is not trained again and
+a killed one resumes (the train command resumes by itself), so the suite can be stopped and
+restarted at will. Then every run is evaluated the same way:
+
+  * the test-split table of the train command (Eigen velodyne protocol, median-scaled), next to
+    the "average training depth map" baseline;
+  * jdepth/eval/regions.py with the exact dense depth: all pixels, independently moving cars,
+    and a 3-pixel band around thing-instance edges (AbsRel);
+  * for absolute-depth recipes, the same without median scaling;
+  * PQ (things / stuff) for runs with the panoptic head;
+  * the wall time of each run.
+
+RESULTS.md gets one table per metric family and the figure (input, exact depth, each recipe's
+depth for a few test frames); JSON with every number goes next to it (`--json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from jdepth.colormap import colorize  # noqa: E402
+from jdepth.data import kitti  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str  # the workdir name and the table row
+    config: str  # configs/<config>.py
+    what: str
+    overrides: tuple[str, ...] = ()
+
+
+SUITE = (
+    Entry("monodepth2", "demo", "Monodepth2 (ResNet-18, from scratch)"),
+    Entry("monodepth2_issl", "demo_issl", "Monodepth2 + ISSL self-samples"),
+    Entry("manydepth", "manydepth_demo", "ManyDepth (cost volume, t-1), teacher frozen at epoch 5"),
+    Entry("manydepth_msff", "manydepth_demo", "ManyDepth + multi-scale feature fusion",
+          ("--config.model.msff=True",)),
+    Entry("monodepth2_panoptic", "demo_panoptic", "Monodepth2 + panoptic head + contrastive loss"),
+)
+
+
+def train(entry: Entry, runs: str, log_dir: str) -> dict:
+    """Trains (or resumes, or skips) one entry; returns its final test metrics and wall time."""
+    workdir = os.path.join(runs, entry.name)
+    final = os.path.join(workdir, "eval", "train_final_test_metrics.json")
+    timing = os.path.join(workdir, "eval", "suite_wall_seconds.json")
+    if not os.path.exists(final):
+        cmd = [sys.executable, "-m", "jdepth.train",
+               "--config", os.path.join(REPO, "configs", f"{entry.config}.py"),
+               "--workdir", workdir, "--config.train.progress_bar=False", *entry.overrides]
+        print(f"[suite] {entry.name}: {' '.join(cmd[1:])}", flush=True)
+        start = time.time()
+        with open(os.path.join(log_dir, f"{entry.name}.log"), "a") as log:
+            proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{entry.name}: training failed, see {log_dir}/{entry.name}.log")
+        spent = time.time() - start
+        previous = json.load(open(timing))["seconds"] if os.path.exists(timing) else 0.0
+        with open(timing, "w") as f:
+            json.dump({"seconds": previous + spent}, f)
+    with open(final) as f:
+        result = json.load(f)
+    result["wall_seconds"] = json.load(open(timing))["seconds"] if os.path.exists(timing) else None
+    return result
+
+
+def evaluate(entry: Entry, runs: str) -> dict:
+    """Region metrics (dense exact depth) and PQ of a finished run."""
+    from jdepth.eval import regions
+    from jdepth.inference import DepthPredictor
+
+    workdir = os.path.join(runs, entry.name)
+    predictor = DepthPredictor.from_workdir(workdir)
+    config = predictor.config
+    root, split = config.data.root, config.data.test_split
+    out = {"regions": regions.evaluate_regions(predictor, root, split, gt_kind="dense",
+                                               median_scaling=True)}
+    if predictor.absolute:
+        out["regions_absolute"] = regions.evaluate_regions(
+            predictor, root, split, gt_kind="dense", median_scaling=False)
+    out["panoptic"] = _panoptic_quality(predictor, split)
+    return out
+
+
+def baseline_regions(entry: Entry, runs: str) -> dict:
+    """Region metrics of the "average training depth map" baseline, scored like the runs."""
+    from jdepth.eval import depth_eval, regions
+    from jdepth.training import checkpoint
+
+    config = checkpoint.load_config(os.path.join(runs, entry.name))
+    root = config.data.root
+    depth_map = depth_eval.mean_depth_map(
+        root, kitti.read_split_file(config.data.train_split), config.data.height,
+        config.data.width)
+    return regions.evaluate_regions(depth_eval.ConstantDepthPredictor(depth_map), root,
+                                    config.data.test_split, gt_kind="dense", median_scaling=True)
+
+
+def _panoptic_quality(predictor, split: str) -> dict | None:
+    import jax
+
+    from jdepth.eval import panoptic as panoptic_eval
+    from jdepth.training import panoptic as panoptic_plugin
+
+    config = predictor.config
+    networks = predictor.recipe.build_networks(config, bn_axis_name=None)
+    if panoptic_plugin.HEAD not in networks:
+        return None
+    predict = jax.jit(functools.partial(
+        panoptic_plugin.predict_panoptic, networks=networks, config=config))
+    return panoptic_eval.evaluate_panoptic_split(
+        lambda images: predict(predictor.params, predictor.batch_stats, images),
+        config.data.root, split, predictor.height, predictor.width)
+
+
+def figure(entries, runs: str, path: str, frames=(5, 25, 45)) -> None:
+    """Rows: test frames; columns: input, exact depth, each recipe's depth (colour-mapped)."""
+    from jdepth.eval import depth_eval
+    from jdepth.inference import DepthPredictor
+
+    first = DepthPredictor.from_workdir(os.path.join(runs, entries[0].name))
+    root = first.config.data.root
+    refs = kitti.read_split_file(first.config.data.test_split)
+    refs = [refs[i] for i in frames if i < len(refs)]
+    h, w = first.height, first.width
+    images = [kitti.load_image(kitti.image_path(root, r)) for r in refs]
+    columns = [[np.asarray(Image.fromarray(im).resize((w, h))) for im in images]]
+    exact = []
+    for r in refs:
+        depth = kitti.load_benchmark_depth(kitti.benchmark_gt_path(root, r))
+        disp = np.where(depth > 0, 1.0 / np.maximum(depth, 1e-3), 0.0)
+        exact.append(np.asarray(Image.fromarray(colorize(disp)).resize((w, h), Image.NEAREST)))
+    columns.append(exact)
+    for entry in entries:
+        predictor = DepthPredictor.from_workdir(os.path.join(runs, entry.name))
+        disps = depth_eval.predict_split(predictor, root, refs)
+        columns.append([colorize(d) for d in disps])
+    rows = [np.concatenate([col[i] for col in columns], axis=1) for i in range(len(refs))]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def _fmt(value, digits=3):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def write_results(entries, results: dict, baseline: dict, path: str,
+                  figure_path: str | None) -> None:
+    first = results[entries[0].name]
+    base = first["train"].get("baseline_mean_depth", {})
+    lines = [
+        "# Results on the synthetic KITTI set",
+        "",
+        "Written by `python tools/run_synthetic_suite.py` (do not edit by hand). Every recipe is "
+        "trained from scratch with its demo config: the same synthetic drives, 192x64, batch 8, "
+        "the same number of epochs and the same seed. Test split: one held-out drive.",
+        "",
+        "## Test split, Eigen protocol (velodyne GT, Garg crop, median scaling)",
+        "",
+        "| recipe | what | abs_rel | sq_rel | rmse | rmse_log | a1 | a2 | a3 | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+    for e in entries:
+        r = results[e.name]["train"]
+        wall = r.get("wall_seconds")
+        lines.append(f"| `{e.name}` | {e.what} | " + " | ".join(_fmt(r[k]) for k in keys)
+                     + f" | {'-' if wall is None else f'{wall / 60:.0f} min'} |")
+    if base:
+        lines.append("| baseline | the average training depth map, every image | "
+                     + " | ".join(_fmt(base[k]) for k in keys) + " | - |")
+    lines += [
+        "",
+        "## AbsRel by region (exact dense depth, median scaling)",
+        "",
+        "`moving`: pixels of independently moving cars; `edge_band`: within 3 px of a "
+        "thing-instance edge (jdepth/eval/regions.py).",
+        "",
+        "| recipe | all | moving | edge_band |",
+        "|---|---|---|---|",
+    ]
+    for e in entries:
+        reg = results[e.name]["eval"]["regions"]
+        lines.append(f"| `{e.name}` | " + " | ".join(
+            _fmt(reg.get(k, {}).get("abs_rel")) for k in ("all", "moving", "edge_band")) + " |")
+    lines.append("| baseline | " + " | ".join(
+        _fmt(baseline.get(k, {}).get("abs_rel")) for k in ("all", "moving", "edge_band")) + " |")
+    absolute = [e for e in entries if "regions_absolute" in results[e.name]["eval"]]
+    if absolute:
+        lines += ["", "## Absolute depth (no median scaling)", "",
+                  "| recipe | abs_rel | a1 | scale ratio (median) | std |", "|---|---|---|---|---|"]
+        for e in absolute:
+            a = results[e.name]["eval"]["regions_absolute"]["all"]
+            lines.append(f"| `{e.name}` | {_fmt(a['abs_rel'])} | {_fmt(a['a1'])} | "
+                         f"{_fmt(a['scale_ratio_median'])} | {_fmt(a['scale_ratio_std'])} |")
+    panoptic = [e for e in entries if results[e.name]["eval"]["panoptic"]]
+    if panoptic:
+        lines += ["", "## Panoptic quality (test split, exact labels)", "",
+                  "| recipe | PQ | SQ | RQ | PQ things | PQ stuff |", "|---|---|---|---|---|---|"]
+        for e in panoptic:
+            p = results[e.name]["eval"]["panoptic"]
+            lines.append(f"| `{e.name}` | " + " | ".join(
+                _fmt(p[k], 1) for k in ("pq", "sq", "rq", "pq_things", "pq_stuff")) + " |")
+    if figure_path:
+        rel = os.path.relpath(figure_path, os.path.dirname(os.path.abspath(path)))
+        lines += ["", "## Test frames", "",
+                  "Columns: input, exact depth, then " + ", ".join(f"`{e.name}`" for e in entries)
+                  + " (disparity, colour-mapped per image).", "", f"![suite]({rel})"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--runs", default=os.path.join(REPO, "runs", "suite"))
+    parser.add_argument("--only", default=None, help="comma-separated entry names")
+    parser.add_argument("--results", default=os.path.join(REPO, "RESULTS.md"))
+    parser.add_argument("--json", default=None, help="default: next to --results")
+    parser.add_argument("--figure", default=os.path.join(REPO, "docs", "synthetic_suite.png"))
+    parser.add_argument("--no_figure", action="store_true")
+    args = parser.parse_args(argv)
+
+    entries = list(SUITE)
+    if args.only:
+        names = args.only.split(",")
+        unknown = sorted(set(names) - {e.name for e in SUITE})
+        if unknown:
+            parser.error(f"unknown suite entries {unknown}; known: {[e.name for e in SUITE]}")
+        entries = [e for e in SUITE if e.name in names]
+    os.makedirs(args.runs, exist_ok=True)
+    start = time.time()
+    results = {}
+    for entry in entries:
+        results[entry.name] = {"train": train(entry, args.runs, args.runs)}
+    for entry in entries:
+        results[entry.name]["eval"] = evaluate(entry, args.runs)
+    baseline = baseline_regions(entries[0], args.runs)
+    figure_path = None if args.no_figure else args.figure
+    if figure_path:
+        figure(entries, args.runs, figure_path)
+    write_results(entries, results, baseline, args.results, figure_path)
+    json_path = args.json or os.path.splitext(args.results)[0] + ".json"
+    with open(json_path, "w") as f:
+        json.dump({"suite_seconds": time.time() - start, "results": results,
+                   "baseline_regions": baseline}, f, indent=1, default=float)
+    print(f"[suite] wrote {args.results} and {json_path} in {(time.time() - start) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
