@@ -35,6 +35,12 @@ def add_manydepth(config):
     config.loss.v1_multiscale = False  # full-res multiscale, as the reference
 
     m = config.model
+    # Multi-frame network: "resnet" (ManyDepthNet, the reference) or "hrnet" (HRNet-18 + DIFFNet
+    # decoder, jdepth/models/manydepth_hrnet.py; configs/manydepth_plus.py). The mono teacher has
+    # its own switch, mono_arch (jdepth/training/manydepth.py `teacher_config`).
+    m.depth_arch = "resnet"
+    m.mono_arch = "resnet"
+    m.hrnet_normalize_input = True  # (x - 0.45) / 0.225 for HRNet too (DIFFNet: False)
     m.num_depth_bins = 96
     m.depth_binning = "linear"  # or "inverse" (uniform in 1/depth)
     m.matching_border = 2  # cost-volume validity border, matching pixels

@@ -15,29 +15,14 @@ panoptic branch at the same budget on the band numbers.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
 
-import jax
-
-from jdepth.eval import panoptic as panoptic_eval, regions
+from jdepth.eval import regions
 from jdepth.eval.metrics import format_metrics_table
 from jdepth.inference import DepthPredictor
 from jdepth.training import panoptic as panoptic_plugin
-
-
-def _pq(predictor: DepthPredictor, split_file: str, max_images) -> dict | None:
-    config = predictor.config
-    networks = predictor.recipe.build_networks(config, bn_axis_name=None)
-    if panoptic_plugin.HEAD not in networks:
-        return None
-    predict = jax.jit(functools.partial(
-        panoptic_plugin.predict_panoptic, networks=networks, config=config))
-    return panoptic_eval.evaluate_panoptic_split(
-        lambda images: predict(predictor.params, predictor.batch_stats, images),
-        config.data.root, split_file, predictor.height, predictor.width, max_images=max_images)
 
 
 def _depth(predictor: DepthPredictor, split_file: str, max_images, radius: int, gt_kind: str,
@@ -61,7 +46,8 @@ def main(argv=None) -> int:
 
     predictor = DepthPredictor.from_workdir(args.workdir)
     split_file = predictor.config.data[f"{args.split}_split"]
-    out = {"panoptic": _pq(predictor, split_file, args.max_images)}
+    out = {"panoptic": panoptic_plugin.predictor_panoptic_quality(predictor, split_file,
+                                                                   args.max_images)}
     if out["panoptic"] is not None:
         res = out["panoptic"]
         print(f"PQ {res['pq']:.1f}  SQ {res['sq']:.1f}  RQ {res['rq']:.1f}  | things PQ "

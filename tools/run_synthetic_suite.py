@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import subprocess
@@ -88,6 +87,7 @@ def evaluate(entry: Entry, runs: str) -> dict:
     """Region metrics (dense exact depth) and PQ of a finished run."""
     from jdepth.eval import regions
     from jdepth.inference import DepthPredictor
+    from jdepth.training import panoptic as panoptic_plugin
 
     workdir = os.path.join(runs, entry.name)
     predictor = DepthPredictor.from_workdir(workdir)
@@ -98,7 +98,7 @@ def evaluate(entry: Entry, runs: str) -> dict:
     if predictor.absolute:
         out["regions_absolute"] = regions.evaluate_regions(
             predictor, root, split, gt_kind="dense", median_scaling=False)
-    out["panoptic"] = _panoptic_quality(predictor, split)
+    out["panoptic"] = panoptic_plugin.predictor_panoptic_quality(predictor, split)
     return out
 
 
@@ -114,23 +114,6 @@ def baseline_regions(entry: Entry, runs: str) -> dict:
         config.data.width)
     return regions.evaluate_regions(depth_eval.ConstantDepthPredictor(depth_map), root,
                                     config.data.test_split, gt_kind="dense", median_scaling=True)
-
-
-def _panoptic_quality(predictor, split: str) -> dict | None:
-    import jax
-
-    from jdepth.eval import panoptic as panoptic_eval
-    from jdepth.training import panoptic as panoptic_plugin
-
-    config = predictor.config
-    networks = predictor.recipe.build_networks(config, bn_axis_name=None)
-    if panoptic_plugin.HEAD not in networks:
-        return None
-    predict = jax.jit(functools.partial(
-        panoptic_plugin.predict_panoptic, networks=networks, config=config))
-    return panoptic_eval.evaluate_panoptic_split(
-        lambda images: predict(predictor.params, predictor.batch_stats, images),
-        config.data.root, split, predictor.height, predictor.width)
 
 
 def figure(entries, runs: str, path: str, frames=(5, 25, 45)) -> None:

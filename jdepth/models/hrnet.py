@@ -25,6 +25,11 @@ DIFFNet reads five groups (its `num_ch_enc` [64, 18, 36, 72, 144]); here every g
 (sK_bN: branch N of the last module of stage K). The pyramid other modules want (panoptic head,
 scale head) is `[stem1, s4_b0, s4_b1, s4_b2, s4_b3]` at strides 2..32 (`aux["pyramid"]`).
 
+`HRNetEncoder` is assembled from `stem_and_layer1`, `high_resolution_stages` and `diffnet_groups`,
+functions that create their modules inside the calling module (same parameter paths as one
+monolithic module), so the multi-frame encoder (jdepth/models/manydepth_hrnet.py) can split HRNet
+after layer1 for its cost volume without a second copy of the architecture.
+
 Parameter names follow the PyTorch state-dict keys (timm `hrnet_w18` and DIFFNet use the same):
 
     flax path                                 torch key
@@ -50,7 +55,7 @@ uniform.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -170,6 +175,119 @@ class HighResolutionModule(nn.Module):
         return fused
 
 
+def stem_and_layer1(
+    normalize_input: bool, train: bool, bn_axis_name: str | None, dtype: Dtype
+) -> Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
+    """Builds the stem and layer1 in the calling compact module; returns their forward function.
+
+    The modules are created once (names conv1, bn1, conv2, bn2, layer1_{i} directly under the
+    caller, the torch layout), so the returned function can run several batches through the same
+    weights: the multi-frame encoder (jdepth/models/manydepth_hrnet.py) calls it on the current
+    and on the lookup frames. In train mode every call uses, and updates, batch statistics.
+
+    Returns:
+        fn(x `[B, H, W, 3]` in [0, 1]) -> (stem1 `[B, H/2, W/2, 64]`, stem2 `[B, H/4, W/4, 64]`,
+        layer1 `[B, H/4, W/4, 256]`), in `dtype`.
+    """
+    conv1 = _conv(STEM_WIDTH, 3, 2, 1, dtype, "conv1")
+    bn1 = _batch_norm("bn1", train, bn_axis_name, dtype)
+    conv2 = _conv(STEM_WIDTH, 3, 2, 1, dtype, "conv2")
+    bn2 = _batch_norm("bn2", train, bn_axis_name, dtype)
+    blocks = [
+        Bottleneck(STEM_WIDTH, bn_axis_name=bn_axis_name, dtype=dtype, name=f"layer1_{i}")
+        for i in range(LAYER1_BLOCKS)
+    ]
+
+    def forward(x):
+        x = x.astype(jnp.float32)
+        if normalize_input:
+            x = (x - _INPUT_MEAN) / _INPUT_STD
+        x = x.astype(dtype)
+        stem1 = nn.relu(bn1(conv1(x)))
+        stem2 = nn.relu(bn2(conv2(stem1)))
+        y = stem2
+        for block in blocks:
+            y = block(y, train)
+        return stem1, stem2, y
+
+    return forward
+
+
+def high_resolution_stages(
+    x: jax.Array, train: bool, fuse_upsample: str, bn_axis_name: str | None, dtype: Dtype
+) -> list[list[jax.Array]]:
+    """Transitions and stages 2-4 on a layer1-shaped map, built in the calling compact module.
+
+    Args:
+        x: `[B, h, w, 256]` (layer1's output, or the multi-frame encoder's fused map).
+
+    Returns:
+        [s2, s3, s4]: the branches of the last module of each stage, branch b
+        `[B, h / 2^b, w / 2^b, STAGES[.][1][b]]`.
+    """
+    branches, previous_widths = [x], (x.shape[-1],)
+    per_stage = []
+    for stage, (num_modules, widths) in enumerate(STAGES, start=2):
+        branches = _transition(branches, previous_widths, widths, stage - 1, train, bn_axis_name,
+                               dtype)
+        for m in range(num_modules):
+            branches = HighResolutionModule(
+                widths, fuse_upsample, bn_axis_name, dtype, name=f"stage{stage}_{m}",
+            )(branches, train)
+        per_stage.append(branches)
+        previous_widths = widths
+    return per_stage
+
+
+def diffnet_groups(
+    stem1: jax.Array, stem2: jax.Array, per_stage: Sequence[Sequence[jax.Array]]
+) -> list[list[jax.Array]]:
+    """DIFFNet's five feature groups (module docstring) from the stems and the stage outputs."""
+    s2, s3, s4 = per_stage
+    return [
+        [stem1],
+        [stem2, s2[0], s3[0], s4[0]],
+        [s2[1], s3[1], s4[1]],
+        [s3[2], s4[2]],
+        [s4[3]],
+    ]
+
+
+def check_image(x: jax.Array, where: str) -> None:
+    """HRNet's input contract: `[B, H, W, 3]` with H and W multiples of 32."""
+    if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] % 32 or x.shape[2] % 32:
+        raise ValueError(
+            f"{where} needs [B, H, W, 3] images with H and W multiples of 32, got shape {x.shape}"
+        )
+
+
+def check_fuse_upsample(fuse_upsample: str) -> None:
+    if fuse_upsample not in _UPSAMPLERS:
+        raise ValueError(
+            f"jdepth/models/hrnet.py: fuse_upsample must be one of {sorted(_UPSAMPLERS)}, "
+            f"got {fuse_upsample!r}"
+        )
+
+
+def _conv_bn(x, features, stride, name, train, bn_axis_name, dtype):
+    x = _conv(features, 3, stride, 1, dtype, f"{name}_conv")(x)
+    return nn.relu(_batch_norm(f"{name}_bn", train, bn_axis_name, dtype)(x))
+
+
+def _transition(branches, previous_widths, widths, t, train, bn_axis_name, dtype):
+    """Into the next stage: adapt existing branches' widths, add one stride-2 branch."""
+    out = []
+    for i, width in enumerate(widths):
+        if i < len(previous_widths):
+            x = branches[i]
+            if previous_widths[i] != width:  # only layer1's 256 -> 18
+                x = _conv_bn(x, width, 1, f"transition{t}_{i}", train, bn_axis_name, dtype)
+        else:  # HRNet-W18 adds exactly one branch per stage, from the lowest resolution
+            x = _conv_bn(branches[-1], width, 2, f"transition{t}_{i}", train, bn_axis_name, dtype)
+        out.append(x)
+    return out
+
+
 class HRNetEncoder(nn.Module):
     """HRNet-W18 returning DIFFNet's five feature groups (module docstring).
 
@@ -184,14 +302,6 @@ class HRNetEncoder(nn.Module):
     fuse_upsample: str = "bilinear"
     bn_axis_name: str | None = None
     dtype: Dtype = jnp.float32
-
-    def _bn(self, name: str, train: bool) -> nn.BatchNorm:
-        return _batch_norm(name, train, self.bn_axis_name, self.dtype)
-
-    def _conv_bn(self, x, features, stride, name, train, relu=True):
-        x = _conv(features, 3, stride, 1, self.dtype, f"{name}_conv")(x)
-        x = self._bn(f"{name}_bn", train)(x)
-        return nn.relu(x) if relu else x
 
     @nn.compact
     def __call__(
@@ -208,60 +318,13 @@ class HRNetEncoder(nn.Module):
             aux: {"pyramid": [stem1, s4_b0, s4_b1, s4_b2, s4_b3] at strides 2..32 with channels
                   PYRAMID_CHANNELS, "stem2": [B, H/4, W/4, 64]}.
         """
-        if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] % 32 or x.shape[2] % 32:
-            raise ValueError(
-                "jdepth/models/hrnet.py: HRNetEncoder needs [B, H, W, 3] images with H and W "
-                f"multiples of 32, got shape {x.shape}"
-            )
-        if self.fuse_upsample not in _UPSAMPLERS:
-            raise ValueError(
-                f"jdepth/models/hrnet.py: fuse_upsample must be one of {sorted(_UPSAMPLERS)}, "
-                f"got {self.fuse_upsample!r}"
-            )
-        x = x.astype(jnp.float32)
-        if self.normalize_input:
-            x = (x - _INPUT_MEAN) / _INPUT_STD
-        x = x.astype(self.dtype)
-        stem1 = nn.relu(self._bn("bn1", train)(_conv(STEM_WIDTH, 3, 2, 1, self.dtype, "conv1")(x)))
-        stem2 = nn.relu(
-            self._bn("bn2", train)(_conv(STEM_WIDTH, 3, 2, 1, self.dtype, "conv2")(stem1))
+        check_image(x, "jdepth/models/hrnet.py: HRNetEncoder")
+        check_fuse_upsample(self.fuse_upsample)
+        stem1, stem2, y = stem_and_layer1(
+            self.normalize_input, train, self.bn_axis_name, self.dtype
+        )(x)
+        per_stage = high_resolution_stages(
+            y, train, self.fuse_upsample, self.bn_axis_name, self.dtype
         )
-        y = stem2
-        for i in range(LAYER1_BLOCKS):
-            y = Bottleneck(STEM_WIDTH, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                           name=f"layer1_{i}")(y, train)
-
-        branches, previous_widths = [y], (y.shape[-1],)
-        per_stage = []
-        for stage, (num_modules, widths) in enumerate(STAGES, start=2):
-            branches = self._transition(branches, previous_widths, widths, stage - 1, train)
-            for m in range(num_modules):
-                branches = HighResolutionModule(
-                    widths, self.fuse_upsample, self.bn_axis_name, self.dtype,
-                    name=f"stage{stage}_{m}",
-                )(branches, train)
-            per_stage.append(branches)
-            previous_widths = widths
-
-        s2, s3, s4 = per_stage
-        groups = [
-            [stem1],
-            [stem2, s2[0], s3[0], s4[0]],
-            [s2[1], s3[1], s4[1]],
-            [s3[2], s4[2]],
-            [s4[3]],
-        ]
-        return groups, {"pyramid": [stem1, *s4], "stem2": stem2}
-
-    def _transition(self, branches, previous_widths, widths, t, train):
-        """Into the next stage: adapt existing branches' widths, add one stride-2 branch."""
-        out = []
-        for i, width in enumerate(widths):
-            if i < len(previous_widths):
-                x = branches[i]
-                if previous_widths[i] != width:  # only layer1's 256 -> 18
-                    x = self._conv_bn(x, width, 1, f"transition{t}_{i}", train)
-            else:  # HRNet-W18 adds exactly one branch per stage, from the lowest resolution
-                x = self._conv_bn(branches[-1], width, 2, f"transition{t}_{i}", train)
-            out.append(x)
-        return out
+        groups = diffnet_groups(stem1, stem2, per_stage)
+        return groups, {"pyramid": [stem1, *per_stage[-1]], "stem2": stem2}

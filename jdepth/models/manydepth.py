@@ -13,6 +13,10 @@ back-propagate into the current frame's matching features (the lookup frame stay
 gradient), an option beyond the reference (it stores the warped volume for the backward pass).
 The reference's unused ``prematching_conv`` is not built.
 
+The matching itself (lookup features without gradient, cost volume, confidence, ``reduce_conv``)
+is written once, in ``lookup_matching_features`` and ``fuse_cost_volume``, and shared with the
+HRNet-18 variant (jdepth/models/manydepth_hrnet.py).
+
 Parameter names follow torchvision inside ``encoder`` (conv1, bn1, layer{L}_{i}), exactly as
 ``ResNetEncoder``, so ImageNet weights convert the same way; ``reduce_conv`` and ``msff`` are new.
 """
@@ -52,6 +56,106 @@ Dtype = Any
 # The cost volume is built at 1/4 of the input resolution (the layer1 output): scale 2 of the
 # intrinsics pyramid.
 MATCHING_SCALE = 2
+
+# The encoder attributes that configure the matching; every multi-frame encoder has them
+# (MatchingEncoder here, HRMatchingEncoder in jdepth/models/manydepth_hrnet.py).
+_MATCHING_FIELDS = (
+    "num_depth_bins", "depth_binning", "cost_volume_gradient", "matching_border",
+    "bins_per_chunk", "dtype",
+)
+
+
+def matching_settings(encoder: nn.Module) -> dict[str, Any]:
+    """The keyword arguments of ``fuse_cost_volume`` taken from a multi-frame encoder."""
+    return {name: getattr(encoder, name) for name in _MATCHING_FIELDS}
+
+
+def check_matching_inputs(where: str, image, lookups, poses) -> None:
+    """``lookups`` ``[B, N, H, W, 3]`` like ``image`` ``[B, H, W, 3]``, ``poses`` ``[B, N, 4, 4]``."""
+    batch, num_lookups = lookups.shape[:2]
+    if lookups.shape[2:] != image.shape[1:] or poses.shape != (batch, num_lookups, 4, 4):
+        raise ValueError(
+            f"{where}: lookups {lookups.shape} must be [B, N, *{image.shape[1:]}] and "
+            f"poses {poses.shape} [B, N, 4, 4]"
+        )
+
+
+def lookup_matching_features(extract, lookups: jax.Array) -> jax.Array:
+    """Matching features of the lookup frames, without gradient (reference: ``torch.no_grad``).
+
+    Args:
+        extract: ``[B', H, W, 3] -> [B', h, w, C]``, the encoder's matching-feature function
+            (the same modules as for the current frame: shared weights).
+        lookups: ``[B, N, H, W, 3]``.
+
+    Returns:
+        ``[B, N, h, w, C]``.
+    """
+    batch, num_lookups = lookups.shape[:2]
+    flat_lookups = lookups.reshape((batch * num_lookups,) + lookups.shape[2:])
+    features = jax.lax.stop_gradient(extract(flat_lookups))
+    return features.reshape((batch, num_lookups) + features.shape[1:])
+
+
+def fuse_cost_volume(
+    matching: jax.Array,
+    lookup_matching: jax.Array,
+    poses: jax.Array,
+    K: jax.Array,
+    inv_K: jax.Array,
+    min_depth_bin: jax.Array,
+    max_depth_bin: jax.Array,
+    *,
+    num_depth_bins: int,
+    depth_binning: str,
+    cost_volume_gradient: bool,
+    matching_border: int,
+    bins_per_chunk: int | None,
+    dtype: Dtype,
+) -> tuple[jax.Array, dict[str, Any]]:
+    """ManyDepth's cost volume, masked by its confidence and fused back by ``reduce_conv``.
+
+    Call it inside an ``nn.compact`` method: ``reduce_conv`` (3x3, C + D -> C, ReLU) is created in
+    the calling module, so its parameters sit at ``<encoder>/reduce_conv`` whatever the backbone.
+    The whole matching carries no gradient unless ``cost_volume_gradient`` (module docstring).
+
+    Args:
+        matching: ``[B, h, w, C]`` current-frame matching features.
+        lookup_matching: ``[B, N, h, w, C]`` (already without gradient).
+        poses, K, inv_K, min_depth_bin, max_depth_bin: as ``MatchingEncoder.__call__``.
+        num_depth_bins ... dtype: the encoder's attributes (``matching_settings``).
+
+    Returns:
+        ``(x [B, h, w, C], aux)`` with the encoder aux of ``MatchingEncoder.__call__``.
+    """
+    bins = cv.depth_bins(min_depth_bin, max_depth_bin, num_depth_bins, depth_binning)
+    current = matching if cost_volume_gradient else jax.lax.stop_gradient(matching)
+    cost, cv_aux = cv.cost_volume(
+        current.astype(jnp.float32),
+        lookup_matching.astype(jnp.float32),
+        jax.lax.stop_gradient(poses),
+        K,
+        inv_K,
+        jax.lax.stop_gradient(bins),
+        border=matching_border,
+        bins_per_chunk=bins_per_chunk,
+    )
+    confidence = jax.lax.stop_gradient(cv_aux["confidence"])
+    masked_cost = (cost * confidence).astype(dtype)
+
+    x = jnp.concatenate([matching, masked_cost], axis=-1)
+    reduce = torch_default_conv(
+        matching.shape[-1], 3, x.shape[-1], dtype=dtype, name="reduce_conv", padding=1
+    )
+    x = nn.relu(reduce(x))
+    aux = {
+        "lowest_cost_depth": jax.lax.stop_gradient(cv_aux["lowest_cost_depth"]),
+        "confidence": confidence,
+        "cost_volume": cost,
+        "bins": bins,
+        "matching_features": matching,
+    }
+    return x, aux
 
 
 class MatchingEncoder(nn.Module):
@@ -109,12 +213,7 @@ class MatchingEncoder(nn.Module):
                 ``matching_features`` ``[B, H/4, W/4, C]``.
         """
         _check_num_layers(self.num_layers)
-        batch, num_lookups = lookups.shape[:2]
-        if lookups.shape[2:] != image.shape[1:] or poses.shape != (batch, num_lookups, 4, 4):
-            raise ValueError(
-                f"MatchingEncoder: lookups {lookups.shape} must be [B, N, *{image.shape[1:]}] and "
-                f"poses {poses.shape} [B, N, 4, 4]"
-            )
+        check_matching_inputs("MatchingEncoder", image, lookups, poses)
         block_kind, blocks_per_stage = _STAGES[self.num_layers]
         block_cls = BasicBlock if block_kind == "basic" else Bottleneck
 
@@ -144,42 +243,16 @@ class MatchingEncoder(nn.Module):
             return stem, f1, matching
 
         stem, f1, matching = extract(image)
-        flat_lookups = lookups.reshape((batch * num_lookups,) + lookups.shape[2:])
-        lookup_matching = jax.lax.stop_gradient(extract(flat_lookups)[2])
-        lookup_matching = lookup_matching.reshape((batch, num_lookups) + matching.shape[1:])
-
-        bins = cv.depth_bins(min_depth_bin, max_depth_bin, self.num_depth_bins, self.depth_binning)
-        current = matching if self.cost_volume_gradient else jax.lax.stop_gradient(matching)
-        cost, cv_aux = cv.cost_volume(
-            current.astype(jnp.float32),
-            lookup_matching.astype(jnp.float32),
-            jax.lax.stop_gradient(poses),
-            K,
-            inv_K,
-            jax.lax.stop_gradient(bins),
-            border=self.matching_border,
-            bins_per_chunk=self.bins_per_chunk,
+        lookup_matching = lookup_matching_features(lambda x: extract(x)[2], lookups)
+        x, aux = fuse_cost_volume(
+            matching, lookup_matching, poses, K, inv_K, min_depth_bin, max_depth_bin,
+            **matching_settings(self),
         )
-        confidence = jax.lax.stop_gradient(cv_aux["confidence"])
-        masked_cost = (cost * confidence).astype(self.dtype)
-
-        x = jnp.concatenate([matching, masked_cost], axis=-1)
-        reduce = torch_default_conv(
-            matching.shape[-1], 3, x.shape[-1], dtype=self.dtype, name="reduce_conv", padding=1
-        )
-        x = nn.relu(reduce(x))
         features = [stem, f1]
         for stage in (2, 3, 4):
             for i in range(blocks_per_stage[stage - 1]):
                 x = block(stage, i)(x, train)
             features.append(x)
-        aux = {
-            "lowest_cost_depth": jax.lax.stop_gradient(cv_aux["lowest_cost_depth"]),
-            "confidence": confidence,
-            "cost_volume": cost,
-            "bins": bins,
-            "matching_features": matching,
-        }
         return features, aux
 
 

@@ -22,6 +22,10 @@ The fused map replaces the layer1 features wherever ManyDepth uses them for matc
 volume (both frames, shared weights; the lookup frame without gradient) and in the ``reduce_conv``
 input that concatenates features and cost volume. The encoder's level-1 skip connection to the
 decoder stays the plain layer1 output, as in ManyDepth.
+
+With the HRNet-18 multi-frame network (jdepth/models/manydepth_hrnet.py) the inputs are HRNet's
+stem1 (64 ch at 1/2) and layer1 (256 ch at 1/4): same branches, the fuse conv maps 256 + 96 -> 256
+(256,352 parameters instead of 65,696 on ResNet-18).
 """
 
 from __future__ import annotations

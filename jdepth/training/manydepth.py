@@ -16,6 +16,9 @@ One step (manydepth/trainer.py ``process_batch``), before the freeze:
   5. consistency mask (confidence x within 2x of the teacher) and the multi-frame loss with
      detached poses; total = multi + teacher;
   6. the bins' EMA from the teacher depth.
+  7. with ``config.panoptic`` / ``config.contrastive`` on, the panoptic plug-in
+     (jdepth/training/panoptic.py) on the multi-frame pass: the head reads the multi-frame
+     encoder's features, the contrastive loss its decoder features (ManyDepth+, DESIGN.md).
 From the freeze step on (``jdepth/training/teacher_freeze.py``) teacher and pose run in eval mode
 without gradient, their loss is logged but not added and the bins stop moving. The phase is a
 traced flag (``state.step < freeze step``) selecting between values, so the step compiles once.
@@ -24,6 +27,7 @@ traced flag (``state.step < freeze step``) selecting between values, so the step
 from __future__ import annotations
 
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +38,9 @@ from jdepth import geometry
 from jdepth.losses import manydepth as md_losses
 from jdepth.losses import velocity as velocity_lib
 from jdepth.models.manydepth import MATCHING_SCALE, ManyDepthNet
+from jdepth.models.manydepth_hrnet import ManyDepthHRNet
 from jdepth.training import monodepth, teacher_freeze
+from jdepth.training import panoptic as panoptic_plugin
 from jdepth.training.state import TrainState
 from jdepth.training.teacher_freeze import make_optimizer  # noqa: F401  (recipe protocol)
 
@@ -48,13 +54,13 @@ def lookup_frames(config) -> tuple[int, ...]:
     return () if config.eval.get("teacher", False) else LOOKUP_FRAMES
 
 
-def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Module]:
-    """``depth`` (multi-frame), ``mono`` (teacher) and ``pose``, as linen modules."""
-    _check_config(config)
-    mono = monodepth.build_networks(config, bn_axis_name)
+def build_depth_network(config, bn_axis_name: str | None = None) -> nn.Module:
+    """The multi-frame network of ``config.model.depth_arch``: "resnet" (ManyDepthNet, the
+    default and the reference) or "hrnet" (ManyDepthHRNet: HRNet-18 + DIFFNet decoder, ManyDepth+).
+    Both take the same inputs and return the same disps and aux keys."""
     m = config.model
-    depth = ManyDepthNet(
-        num_layers=m.num_layers,
+    arch = m.get("depth_arch", "resnet")
+    matching = dict(
         scales=tuple(m.scales),
         num_depth_bins=m.num_depth_bins,
         depth_binning=m.depth_binning,
@@ -65,7 +71,45 @@ def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Modu
         bn_axis_name=bn_axis_name,
         dtype=jnp.dtype(m.dtype),
     )
-    return {"depth": depth, "mono": mono["depth"], "pose": mono["pose"]}
+    if arch == "resnet":
+        return ManyDepthNet(num_layers=m.num_layers, **matching)
+    if arch == "hrnet":
+        return ManyDepthHRNet(normalize_input=m.get("hrnet_normalize_input", True), **matching)
+    raise ValueError(
+        f"config.model.depth_arch must be one of {monodepth.DEPTH_ARCHS}, got {arch!r}"
+    )
+
+
+def teacher_config(config):
+    """The config the mono teacher and the pose net are built from.
+
+    The teacher's architecture is ``config.model.mono_arch`` ("resnet", the default, or "hrnet"),
+    independent of the multi-frame ``depth_arch``: ManyDepth's teacher only supplies the
+    consistency mask (a 2x tolerance), the adaptive bins and the pose net's co-training, and it is
+    frozen at epoch 15; the paper does not describe ManyDepth+'s teacher. A ResNet-18 teacher also
+    keeps the CPU compile of the step to one HRNet (each HRNet network adds minutes).
+    """
+    teacher = config.copy_and_resolve_references()
+    with teacher.unlocked():
+        teacher.model.depth_arch = config.model.get("mono_arch", "resnet")
+    return teacher
+
+
+def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Module]:
+    """``depth`` (multi-frame), ``mono`` (teacher), ``pose`` and, with the panoptic head on,
+    ``panoptic``, as linen modules."""
+    _check_config(config)
+    mono = monodepth.build_networks(teacher_config(config), bn_axis_name)
+    networks = {
+        "depth": build_depth_network(config, bn_axis_name),
+        "mono": mono["depth"],
+        "pose": mono["pose"],
+    }
+    if panoptic_plugin.head_enabled(config):
+        networks[panoptic_plugin.HEAD] = panoptic_plugin.build_head(
+            config, jnp.dtype(config.model.dtype)
+        )
+    return networks
 
 
 def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
@@ -86,6 +130,14 @@ def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
         "mono": batch_stats["depth"],
         "pose": batch_stats["pose"],
     }
+    if panoptic_plugin.HEAD in networks:  # on the multi-frame encoder; no batch_stats (GroupNorm)
+        features = jax.eval_shape(lambda: networks["depth"].apply(
+            depth_vars, image, image[:, None], jnp.zeros((1, 1, 4, 4)), K, K, 0.1, 10.0,
+            train=False,
+        )[1]["encoder_features"])
+        params[panoptic_plugin.HEAD] = panoptic_plugin.init_head(
+            networks[panoptic_plugin.HEAD], features, jax.random.fold_in(rng, 1)
+        )
     return params, batch_stats
 
 
@@ -200,6 +252,19 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
         teacher_depths, consistency, augmentation, **common,
     )
     total = total + multi_total
+    if panoptic_plugin.is_enabled(config):
+        # The plug-in's protocol (jdepth/training/panoptic.py, as training/monodepth.py calls it):
+        # the multi-frame pass's encoder and decoder features of the jittered target.
+        outputs = {"disps": disps, "poses": fixed_poses, "depth_aux": multi_aux}
+        plugin_inputs = {"frames": frames, "frames_aug": frames_aug, "K": inputs["K"],
+                         "inv_K": inputs["inv_K"], "index": inputs["index"]}
+        if "panoptic" in inputs:
+            plugin_inputs["panoptic"] = inputs["panoptic"]
+        plugin_total, plugin_aux = panoptic_plugin.make_extra_loss(networks, config)(
+            params, batch_stats, plugin_inputs, outputs, inputs["plugin_rng"]
+        )
+        total = total + plugin_total
+        aux.update({k: v for k, v in plugin_aux.items() if jnp.ndim(v) == 0})
     aux.update({
         "multi/loss": multi_total,
         "multi/photometric": m_aux["photometric"],
@@ -230,8 +295,11 @@ def train_step(
         "frames": frames, "frames_aug": frames_aug, "pyramid": pyramid, "K": K, "inv_K": inv_K,
         "K_match": batch["K"][:, MATCHING_SCALE], "inv_K_match": batch["inv_K"][:, MATCHING_SCALE],
         "sample_keys": monodepth.automask_noise_key(step_rng, batch["index"]),
-        "static": static, "zero_cost_volume": zero,
+        "static": static, "zero_cost_volume": zero, "index": batch["index"],
+        "plugin_rng": jax.random.fold_in(step_rng, 2),
     }
+    if "panoptic" in batch:
+        inputs["panoptic"] = batch["panoptic"][:, 0]  # frame 0, flipped with the images
     if config.loss.get("velocity_weight", 0.0) > 0:
         inputs["velocity"] = batch["velocity"][:, 0]
     joint = state.step < teacher_freeze.freeze_step(config)
@@ -338,3 +406,10 @@ def _check_config(config) -> None:
         raise ValueError(f"manydepth needs frame {LOOKUP_FRAMES[0]} in data.frame_ids")
     if len(config.model.scales) <= MATCHING_SCALE:
         raise ValueError("manydepth needs the scale-2 intrinsics: model.scales must have 4 entries")
+    if config.model.get("scale_head", False):
+        raise ValueError("the manydepth recipe has no scale head (config.model.scale_head=False); "
+                         "the scale-aware student is recipe 'student'")
+    if config.get("piecewise") is not None and config.piecewise.get("enabled", False):
+        # Not silently ignored: see jdepth/training/piecewise.py on where it belongs in ManyDepth.
+        raise ValueError("piece-wise pose is not wired into the manydepth recipe yet; set "
+                         "piecewise.enabled=False")

@@ -18,6 +18,8 @@ jdepth/training/monodepth.py).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -126,6 +128,13 @@ def predict_panoptic(params, batch_stats, images: jax.Array, *, networks, config
       params, batch_stats: dicts keyed by network name ("depth", "panoptic").
       images: [B, H, W, 3] in [0, 1].
     """
+    if config.get("recipe") == "manydepth":
+        # The multi-frame network's encoder features depend on the lookup frame, which the
+        # panoptic evaluation (jdepth/eval/panoptic.py) does not load.
+        raise NotImplementedError(
+            "jdepth/training/panoptic.py: panoptic evaluation of the multi-frame (manydepth) "
+            "network needs lookup frames; it is trained with the head but not evaluated for PQ"
+        )
     depth_vars = {"params": params["depth"], "batch_stats": batch_stats["depth"]}
     _, depth_aux = networks["depth"].apply(depth_vars, images, train=False)
     stages, _ = networks[HEAD].apply(
@@ -141,3 +150,21 @@ def predict_panoptic(params, batch_stats, images: jax.Array, *, networks, config
         c, m, object_mask_threshold=cfg.object_mask_threshold,
         overlap_threshold=cfg.overlap_threshold,
     ))(last["class_logits"], masks)
+
+
+def predictor_panoptic_quality(predictor, split_file: str, max_images=None) -> dict | None:
+    """PQ / SQ / RQ of a trained run's head on a split (None for runs without the head).
+
+    Args:
+      predictor: a `jdepth.inference.DepthPredictor` (its config, params and batch_stats).
+      split_file: the split whose label PNGs are the ground truth.
+      max_images: evaluate the first N frames only.
+    """
+    config = predictor.config
+    networks = predictor.recipe.build_networks(config, bn_axis_name=None)
+    if HEAD not in networks:
+        return None
+    predict = jax.jit(functools.partial(predict_panoptic, networks=networks, config=config))
+    return panoptic_eval.evaluate_panoptic_split(
+        lambda images: predict(predictor.params, predictor.batch_stats, images),
+        config.data.root, split_file, predictor.height, predictor.width, max_images=max_images)

@@ -1,0 +1,50 @@
+"""ManyDepth+ (Shyam et al. Tab. 1, KITTI Eigen AbsRel 0.086 at 640x192): ManyDepth with an
+HRNet-18 multi-frame network (DIFFNet decoder), the panoptic head, the instance-aware contrastive
+loss and multi-scale feature fusion of the matching features.
+
+  python -m jdepth.train --config configs/manydepth_plus.py --workdir runs/manydepth_plus \
+      --config.data.root=/data/kitti_raw --config.data.split_dir=splits/eigen_zhou \
+      --config.data.test_split=splits/eigen/test_files.txt
+
+It is the teacher of the scale-aware student (configs/hrdepth_pp.py, distill.teacher_workdir).
+
+Choices (see jdepth/models/manydepth_hrnet.py and jdepth/training/manydepth.py):
+  * the cost volume sits after HRNet's layer1 (256 channels at 1/4), as ManyDepth's after the
+    ResNet layer1; MSFF (jdepth/models/msff.py) fuses stem1 and pooled layer1 context into it;
+  * the mono teacher stays ResNet-18 (model.mono_arch; "hrnet" is the alternative): it only
+    gives the consistency mask, the adaptive bins and the pose co-training until the freeze, and
+    one HRNet network less halves the CPU compile of the step;
+  * the panoptic head reads the multi-frame encoder's features (stem1 and the four stage-4
+    branches), the contrastive loss its decoder features at 1/8, 1/4, 1/2.
+Not yet in this recipe: piece-wise pose (the manydepth step raises if piecewise.enabled) and
+panoptic-quality evaluation of the multi-frame network (needs lookup frames in the PQ tool).
+The encoder starts from scratch: ImageNet HRNet weights are not downloadable any more; a converted
+set goes in with --config.model.encoder_init=params:PATH.
+"""
+
+import importlib.util
+import os
+
+from jdepth.training import panoptic_config
+
+
+def _module(name):
+    # Loaded by path: config files are run by ml_collections, not imported as a package.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"jdepth_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def add_plus(config):
+    """Turns a ManyDepth config into ManyDepth+ (data, budget and freeze untouched)."""
+    m = config.model
+    m.depth_arch = "hrnet"
+    m.mono_arch = "resnet"
+    m.msff = True
+    return panoptic_config.enable(config)
+
+
+def get_config():
+    return add_plus(_module("manydepth").get_config())

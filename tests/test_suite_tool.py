@@ -1,0 +1,56 @@
+"""tools/run_synthetic_suite.py: its entries exist and its report holds the numbers it was given."""
+
+import importlib.util
+import sys
+
+from conftest import REPO, load_config
+
+
+def _suite():
+    spec = importlib.util.spec_from_file_location("suite", REPO / "tools" / "run_synthetic_suite.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["suite"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_entry_is_a_demo_sized_config_with_the_same_budget():
+    suite = _suite()
+    budgets = set()
+    for entry in suite.SUITE:
+        config = load_config(entry.config)
+        budgets.add((config.data.height, config.data.width, config.train.batch_size,
+                     config.train.num_epochs, config.seed, tuple(sorted(config.data.synthetic))))
+    assert len(budgets) == 1, budgets
+
+
+def test_results_page_tables(tmp_path):
+    suite = _suite()
+    entries = [suite.Entry("a", "demo", "first"), suite.Entry("b", "demo_issl", "second")]
+    metrics = dict(abs_rel=0.25, sq_rel=2.0, rmse=9.0, rmse_log=0.4, a1=0.6, a2=0.8, a3=0.9)
+
+    def run(abs_rel, moving, absolute=False, pq=None):
+        ev = {"regions": {"all": {**metrics, "abs_rel": abs_rel}, "moving": {"abs_rel": moving},
+                          "edge_band": {"abs_rel": 0.4}}, "panoptic": pq}
+        if absolute:
+            ev["regions_absolute"] = {"all": {**metrics, "scale_ratio_median": 1.02,
+                                              "scale_ratio_std": 0.05}}
+        return {"train": {**metrics, "abs_rel": abs_rel, "wall_seconds": 600.0,
+                          "baseline_mean_depth": {**metrics, "abs_rel": 0.357}}, "eval": ev}
+
+    results = {"a": run(0.286, 0.372), "b": run(0.270, 0.301, absolute=True,
+                                                pq=dict(pq=41.5, sq=70.0, rq=55.0, pq_things=20.0,
+                                                        pq_stuff=50.0))}
+    baseline = {"all": {"abs_rel": 0.347}, "moving": {"abs_rel": 0.577},
+                "edge_band": {"abs_rel": 0.446}}
+    path = tmp_path / "RESULTS.md"
+    suite.write_results(entries, results, baseline, str(path), str(tmp_path / "fig.png"))
+    text = path.read_text()
+    assert "| `a` | first | 0.286 |" in text
+    assert "| `b` | second | 0.270 |" in text
+    assert "| baseline | the average training depth map, every image | 0.357 |" in text
+    assert "| `a` | 0.286 | 0.372 | 0.400 |" in text
+    assert "| baseline | 0.347 | 0.577 | 0.446 |" in text
+    assert "| `b` | 0.250 | 0.600 | 1.020 | 0.050 |" in text  # absolute table
+    assert "| `b` | 41.5 | 70.0 | 55.0 | 20.0 | 50.0 |" in text
+    assert "![suite](fig.png)" in text
