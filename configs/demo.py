@@ -17,23 +17,13 @@ in configs/monodepth2.py; without them the demo does not beat the baseline (READ
     0.1 m minimum depth.
 """
 
-import importlib.util
-import os
-
 from ml_collections import config_dict
 
-
-def _base():
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "monodepth2.py")
-    spec = importlib.util.spec_from_file_location("jdepth_config_monodepth2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from jdepth.config_files import sibling
 
 
 def get_config():
-    config = _base()
+    config = sibling(__file__, "monodepth2").get_config()
     config.data.synthetic = config_dict.ConfigDict(
         dict(seed=0, drives=8, frames=60, width=192, height=64)
     )

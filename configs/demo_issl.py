@@ -9,20 +9,10 @@ theta_T = 0.005, weight 0.1. Each step also runs the depth network on the 4 x 8 
 about 3x the wall time of a demo step on the CPU.
 """
 
-import importlib.util
-import os
-
-
-def _demo():
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
-    spec = importlib.util.spec_from_file_location("jdepth_config_demo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from jdepth.config_files import sibling
 
 
 def get_config():
-    config = _demo()
+    config = sibling(__file__, "demo").get_config()
     config.issl.enabled = True
     return config

@@ -9,20 +9,9 @@ terrain, sky; cars as instances). At 192x64 the head's stride-4 map is 48x16, so
 mask losses use 768 points per mask (`panoptic.num_points` is capped at the map size).
 """
 
-import importlib.util
-import os
-
+from jdepth.config_files import sibling
 from jdepth.training import panoptic_config
 
 
-def _demo():
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
-    spec = importlib.util.spec_from_file_location("jdepth_config_demo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def get_config():
-    return panoptic_config.enable(_demo())
+    return panoptic_config.enable(sibling(__file__, "demo").get_config())

@@ -11,21 +11,11 @@ uses a per-pixel transform. tools/benchmark.py on a loaded 2-core CPU: 4.6 s/ste
 configs/demo.py, 17.4 s/step here (M = 4: 14.0 s); XLA plan 0.80 -> 1.87 GiB.
 """
 
-import importlib.util
-import os
-
-
-def _demo():
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
-    spec = importlib.util.spec_from_file_location("jdepth_config_demo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from jdepth.config_files import sibling
 
 
 def get_config():
-    config = _demo()
+    config = sibling(__file__, "demo").get_config()
     config.data.load_panoptic = True
     config.piecewise.enabled = True
     return config

@@ -11,21 +11,10 @@ scratch (DIFFNet's ImageNet HRNet weights are no longer downloadable); `model.en
 'params:PATH'` takes converted weights. `add_student` is shared with configs/hrdepth_pp.py.
 """
 
-import importlib.util
-import os
-
 from ml_collections import config_dict
 
+from jdepth.config_files import sibling
 from jdepth.training import panoptic_config
-
-
-def _load(name):
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"jdepth_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def add_student(config, scale_aware: bool = False):
@@ -56,4 +45,4 @@ def add_student(config, scale_aware: bool = False):
 
 
 def get_config():
-    return panoptic_config.enable(add_student(_load("monodepth2")))
+    return panoptic_config.enable(add_student(sibling(__file__, "monodepth2").get_config()))

@@ -6,21 +6,10 @@ configs/demo.py (192x64, CPU-sized), panoptic head and contrastive loss on:
 Compare its median-scaled test table with configs/demo_panoptic.py (same plug-ins, ResNet-18).
 """
 
-import importlib.util
-import os
-
+from jdepth.config_files import sibling
 from jdepth.training import panoptic_config
 
 
-def _module(name):
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"jdepth_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config():
-    config = _module("demo").get_config()
-    return panoptic_config.enable(_module("hrdepth_plus").add_student(config))
+    config = sibling(__file__, "demo").get_config()
+    return panoptic_config.enable(sibling(__file__, "hrdepth_plus").add_student(config))

@@ -13,21 +13,10 @@ in the student's state (saved with its checkpoints); building the student's stat
 evaluation, reads the teacher workdir's config.json (jdepth/training/student.py).
 """
 
-import importlib.util
-import os
-
+from jdepth.config_files import sibling
 from jdepth.training import panoptic_config
 
 
-def _module(name):
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"jdepth_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config():
-    config = _module("monodepth2").get_config()
-    return panoptic_config.enable(_module("hrdepth_plus").add_student(config, scale_aware=True))
+    config = sibling(__file__, "monodepth2").get_config()
+    return panoptic_config.enable(sibling(__file__, "hrdepth_plus").add_student(config, scale_aware=True))

@@ -11,22 +11,11 @@ trained with --config.data.load_velocity=True --config.loss.velocity_weight=... 
 has metric scale to hand down; without it the student inherits the teacher's arbitrary scale.
 """
 
-import importlib.util
-import os
-
+from jdepth.config_files import sibling
 from jdepth.training import panoptic_config
 
 
-def _module(name):
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"jdepth_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config():
-    config = _module("demo").get_config()
-    config = _module("hrdepth_plus").add_student(config, scale_aware=True)
+    config = sibling(__file__, "demo").get_config()
+    config = sibling(__file__, "hrdepth_plus").add_student(config, scale_aware=True)
     return panoptic_config.enable(config)

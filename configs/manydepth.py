@@ -13,19 +13,9 @@ Cost: a CPU step at 640x192, batch 12 and the memory it needs are measured by
 `python tools/benchmark.py --config configs/manydepth.py` (numbers in the ManyDepth issue note).
 """
 
-import importlib.util
-import os
-
 from ml_collections import config_dict
 
-
-def _load(name):
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"jdepth_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from jdepth.config_files import sibling
 
 
 def add_manydepth(config):
@@ -69,4 +59,4 @@ def add_manydepth(config):
 
 
 def get_config():
-    return add_manydepth(_load("monodepth2"))
+    return add_manydepth(sibling(__file__, "monodepth2").get_config())

@@ -9,20 +9,10 @@ A ManyDepth step costs more wall time than a Monodepth2 step (two ResNet-18 dept
 cost volume); the budget here is steps, as in the reference comparisons.
 """
 
-import importlib.util
-import os
-
-
-def _module(name):
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"jdepth_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from jdepth.config_files import sibling
 
 
 def get_config():
-    config = _module("manydepth").add_manydepth(_module("demo").get_config())
+    config = sibling(__file__, "manydepth").add_manydepth(sibling(__file__, "demo").get_config())
     config.manydepth.freeze_teacher_epoch = 5
     return config

@@ -13,7 +13,7 @@ Choices (see jdepth/models/manydepth_hrnet.py and jdepth/training/manydepth.py):
     ResNet layer1; MSFF (jdepth/models/msff.py) fuses stem1 and pooled layer1 context into it;
   * the mono teacher stays ResNet-18 (model.mono_arch; "hrnet" is the alternative): it only
     gives the consistency mask, the adaptive bins and the pose co-training until the freeze, and
-    one HRNet network less halves the CPU compile of the step;
+    the step then compiles one HRNet instead of two (each costs minutes and GBs on CPU);
   * the panoptic head reads the multi-frame encoder's features (stem1 and the four stage-4
     branches), the contrastive loss its decoder features at 1/8, 1/4, 1/2.
 Not yet in this recipe: piece-wise pose (the manydepth step raises if piecewise.enabled) and
@@ -22,19 +22,8 @@ The encoder starts from scratch: ImageNet HRNet weights are not downloadable any
 set goes in with --config.model.encoder_init=params:PATH.
 """
 
-import importlib.util
-import os
-
+from jdepth.config_files import sibling
 from jdepth.training import panoptic_config
-
-
-def _module(name):
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"jdepth_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def add_plus(config):
@@ -47,4 +36,4 @@ def add_plus(config):
 
 
 def get_config():
-    return add_plus(_module("manydepth").get_config())
+    return add_plus(sibling(__file__, "manydepth").get_config())

@@ -9,18 +9,8 @@ the cost volume runs at 48x16 and the panoptic head's stride-4 map is 48x16 (768
 An HRNet step costs more CPU time and a longer first compile than a ResNet one.
 """
 
-import importlib.util
-import os
-
-
-def _module(name):
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"jdepth_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from jdepth.config_files import sibling
 
 
 def get_config():
-    return _module("manydepth_plus").add_plus(_module("manydepth_demo").get_config())
+    return sibling(__file__, "manydepth_plus").add_plus(sibling(__file__, "manydepth_demo").get_config())

@@ -11,20 +11,10 @@ The depth network also runs forward and backward on the 4 x B self-samples: a st
 3.1x a Monodepth2 step on a 2-core CPU at 64x192, batch 8 (the generator and loss are ~5 % of that).
 """
 
-import importlib.util
-import os
-
-
-def _base():
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "monodepth2.py")
-    spec = importlib.util.spec_from_file_location("jdepth_config_monodepth2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from jdepth.config_files import sibling
 
 
 def get_config():
-    config = _base()
+    config = sibling(__file__, "monodepth2").get_config()
     config.issl.enabled = True
     return config

@@ -13,20 +13,9 @@ way: `panoptic_config.enable(config)`, or `--config.data.load_panoptic=True
 published), `--config.panoptic.enabled=False` (contrastive only). Costs per step: the head on the stride-4 map plus 3 Hungarian matchings (~ms).
 """
 
-import importlib.util
-import os
-
+from jdepth.config_files import sibling
 from jdepth.training import panoptic_config
 
 
-def _base():
-    # Loaded by path: config files are run by ml_collections, not imported as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "monodepth2.py")
-    spec = importlib.util.spec_from_file_location("jdepth_config_monodepth2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def get_config():
-    return panoptic_config.enable(_base())
+    return panoptic_config.enable(sibling(__file__, "monodepth2").get_config())

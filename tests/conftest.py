@@ -59,6 +59,16 @@ def random_batch(config, batch_size: int, seed: int = 0) -> dict:
     }
 
 
+def pytest_collection_modifyitems(config, items):
+    """`heavy` tests run only with JDEPTH_HEAVY_TESTS=1 (see the marker in pyproject.toml)."""
+    if os.environ.get("JDEPTH_HEAVY_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="heavy: set JDEPTH_HEAVY_TESTS=1 to run (several GB, minutes)")
+    for item in items:
+        if "heavy" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def tiny():
     return tiny_config()

@@ -2,8 +2,8 @@
 `model.depth_arch` / `model.mono_arch` switches, the panoptic plug-in inside the ManyDepth step
 and configs/manydepth_plus{,_demo}.py.
 
-Shapes and parameter counts go through `jax.eval_shape` (no compile); the one jitted train step
-(HRNet multi-frame network + ResNet teacher + pose + panoptic head) is the slow test.
+Shapes and parameter counts go through `jax.eval_shape` (no compile); the jitted train steps
+(HRNet multi-frame network; panoptic plug-in) are slow tests.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from jdepth.models.diffnet_decoder import HRDepthNet
 from jdepth.models.hrnet import HRNetEncoder
 from jdepth.models.manydepth import ManyDepthNet
 from jdepth.models.manydepth_hrnet import ManyDepthHRNet
-from jdepth.training import manydepth, panoptic as panoptic_plugin, parallel as parallel_lib
+from jdepth.training import manydepth, panoptic as panoptic_plugin, panoptic_config
+from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
 from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fixture)
 
@@ -185,7 +186,7 @@ def test_manydepth_plus_configs():
         "contrastive.enabled",
     }
     assert (demo["data.height"], demo["data.width"]) == (64, 192)
-    with pytest.raises(NotImplementedError, match="lookup frames"):
+    with pytest.raises(ValueError, match="lookup frames"):
         panoptic_plugin.predict_panoptic({}, {}, jnp.zeros((1, 64, 192, 3)), networks=networks,
                                          config=plus)
 
@@ -201,46 +202,75 @@ def _labels(frames: int) -> np.ndarray:
     return np.broadcast_to(pair[:, None], (2, frames, 64, 64)).copy()
 
 
-@pytest.mark.slow
-def test_jitted_step_with_hrnet_msff_and_panoptic_is_finite():
-    """ManyDepth+ at 64x64 (matching 16x16, 8 bins): one jitted step, finite loss and grads."""
-    config = _small_config("manydepth_plus")
-    config.panoptic.update(dict(num_proposals=8, hidden_dim=16, agg_dim=8, ffn_dim=32,
-                                num_heads=2, num_cls_fcs=1, num_mask_fcs=1, max_segments=6))
+def _one_step(config, with_labels: bool):
+    """One jitted ManyDepth step (SGD) from numpy-filled variables: (old state, new, metrics)."""
     networks = manydepth.build_networks(config)
     shapes = jax.eval_shape(
         functools.partial(manydepth.init_variables, networks, config), jax.random.PRNGKey(0)
     )
-    assert set(shapes[0]) == {"depth", "mono", "pose", "panoptic"}
     params, batch_stats = fill_like(shapes)
     state = TrainState.create(params, batch_stats, optax.sgd(1e-3), manydepth.init_extra(config))
     batch = random_batch(config, 2, seed=0)
-    batch["panoptic"] = _labels(len(config.data.frame_ids))
-
+    if with_labels:
+        batch["panoptic"] = _labels(len(config.data.frame_ids))
     step_fn = functools.partial(manydepth.train_step, networks=networks, config=config)
     dp = parallel_lib.DataParallel(step_fn, mode="jit", devices=jax.local_devices()[:1])
     new_state, metrics = dp.step(dp.put_state(state), dp.put_batch(batch), jax.random.PRNGKey(1))
-    metrics = dp.metrics_to_host(metrics)
-    new_state = dp.get_state(new_state)
+    return state, dp.get_state(new_state), dp.metrics_to_host(metrics)
+
+
+def _assert_trained(state, new_state, metrics, networks):
     assert all(np.isfinite(v) for v in metrics.values()), metrics
     assert metrics["multi/loss"] > 0 and metrics["teacher/loss"] > 0
-    assert metrics["panoptic/unweighted"] > 0 and "contrastive" in metrics
-    assert metrics["loss"] == pytest.approx(
-        metrics["teacher/loss"] + metrics["multi/loss"] + metrics["panoptic"]
-        + metrics["contrastive"], rel=1e-5)
     # grad_norm covers every gradient (the step skips non-finite updates, so params alone would
     # not show them); with SGD a nonzero parameter change means a nonzero gradient.
     assert np.isfinite(metrics["grad_norm"]) and metrics["grad_norm"] > 0
-    for net in ("depth", "mono", "pose", "panoptic"):
+    for net in networks:
         delta = [np.asarray(a) - np.asarray(b) for a, b in zip(
             jax.tree_util.tree_leaves(new_state.params[net]),
             jax.tree_util.tree_leaves(state.params[net]))]
         assert all(np.all(np.isfinite(d)) for d in delta), net
         assert any(np.any(d != 0) for d in delta), net  # every network gets a gradient
-    # The HRNet stages after the cost volume and the MSFF fuse conv are trained too.
+
+
+# Both compile programs of several GB on CPU (HRNet: ~300 convolutions, forward and backward,
+# plus the ResNet teacher and pose passes of both phases). The HRNet one was OOM-killed after 23
+# minutes of compiling on a 23 GB machine shared with two training runs: it is `heavy` (skipped
+# by default, JDEPTH_HEAVY_TESTS=1 runs it) until it has been measured on a quiet machine.
+@pytest.mark.heavy
+def test_jitted_step_with_the_hrnet_network_is_finite():
+    """ManyDepth with depth_arch='hrnet' + MSFF at 64x64 (matching 16x16, 8 bins)."""
+    config = _small_config()
+    config.model.depth_arch = "hrnet"
+    config.model.msff = True
+    state, new_state, metrics = _one_step(config, with_labels=False)
+    _assert_trained(state, new_state, metrics, ("depth", "mono", "pose"))
+    assert metrics["loss"] == pytest.approx(metrics["teacher/loss"] + metrics["multi/loss"],
+                                            rel=1e-5)
     depth_delta = jax.tree_util.tree_map(
         lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
         new_state.params["depth"], state.params["depth"])
+    # The HRNet stages after the cost volume, reduce_conv and the MSFF fuse conv all learn.
     assert depth_delta["encoder"]["stage4_2"]["branch3_3"]["conv2"]["kernel"] > 0
-    assert depth_delta["encoder"]["msff"]["fuse_conv"]["kernel"] > 0
     assert depth_delta["encoder"]["reduce_conv"]["kernel"] > 0
+    assert depth_delta["encoder"]["msff"]["fuse_conv"]["kernel"] > 0
+
+
+@pytest.mark.slow
+def test_jitted_step_with_the_panoptic_plugin_is_finite():
+    """The panoptic head + contrastive loss inside the ManyDepth step (ResNet network: the
+    wiring is the same for both archs, and the ResNet program is the cheaper one to compile)."""
+    config = _small_config()
+    panoptic_config.enable(config)
+    config.panoptic.update(dict(num_proposals=8, hidden_dim=16, agg_dim=8, ffn_dim=32,
+                                num_heads=2, num_cls_fcs=1, num_mask_fcs=1, max_segments=6))
+    state, new_state, metrics = _one_step(config, with_labels=True)
+    assert set(state.params) == {"depth", "mono", "pose", "panoptic"}
+    assert "panoptic" not in state.batch_stats  # GroupNorm head
+    _assert_trained(state, new_state, metrics, ("depth", "mono", "pose", "panoptic"))
+    assert metrics["panoptic"] == pytest.approx(0.35 * metrics["panoptic/unweighted"], rel=1e-6)
+    assert metrics["contrastive"] == pytest.approx(
+        0.1 * metrics["contrastive/unweighted"], rel=1e-6)
+    assert metrics["loss"] == pytest.approx(
+        metrics["teacher/loss"] + metrics["multi/loss"] + metrics["panoptic"]
+        + metrics["contrastive"], rel=1e-5)

@@ -131,9 +131,10 @@ def predict_panoptic(params, batch_stats, images: jax.Array, *, networks, config
     if config.get("recipe") == "manydepth":
         # The multi-frame network's encoder features depend on the lookup frame, which the
         # panoptic evaluation (jdepth/eval/panoptic.py) does not load.
-        raise NotImplementedError(
+        raise ValueError(
             "jdepth/training/panoptic.py: panoptic evaluation of the multi-frame (manydepth) "
-            "network needs lookup frames; it is trained with the head but not evaluated for PQ"
+            "network needs lookup frames, which jdepth/eval/panoptic.py does not load yet; the "
+            "head trains with it but has no PQ evaluation"
         )
     depth_vars = {"params": params["depth"], "batch_stats": batch_stats["depth"]}
     _, depth_aux = networks["depth"].apply(depth_vars, images, train=False)
@@ -162,7 +163,7 @@ def predictor_panoptic_quality(predictor, split_file: str, max_images=None) -> d
     """
     config = predictor.config
     networks = predictor.recipe.build_networks(config, bn_axis_name=None)
-    if HEAD not in networks:
+    if HEAD not in networks or predictor.lookup_offsets:  # multi-frame: see predict_panoptic
         return None
     predict = jax.jit(functools.partial(predict_panoptic, networks=networks, config=config))
     return panoptic_eval.evaluate_panoptic_split(

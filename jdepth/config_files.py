@@ -1,0 +1,23 @@
+"""Config files that build on other config files.
+
+ml_collections runs a config file by path, so `configs/` is no package and one config cannot
+`import` another: `sibling(__file__, "demo")` loads `configs/demo.py` next to the calling file
+and returns it as a module (its `get_config()` and helpers such as `add_manydepth`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from types import ModuleType
+
+
+def sibling(config_file: str, name: str) -> ModuleType:
+    """The config module `name` (without .py) from the folder of `config_file`."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{config_file}: no config {name!r} beside it ({path})")
+    spec = importlib.util.spec_from_file_location(f"jdepth_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
