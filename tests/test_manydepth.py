@@ -202,6 +202,34 @@ def test_teacher_loss_drops_identity_pixels():
     assert 0 < keep.mean() < 1 and float(masked) != float(plain)
 
 
+def test_teacher_automask_delay_is_no_automask_until_active():
+    # loss.automask_start_step (configs/demo.py) reaches the ManyDepth teacher as a traced 0/1.
+    disps, target, sources, poses, K, inv_K, pyramid = _loss_inputs()
+    kw = dict(key=None, smoothness_weight=0.0)
+    args = (disps, target, sources, poses, K, inv_K, pyramid)
+    plain, _ = md_losses.teacher_loss(*args, automask=False, **kw)
+    masked, _ = md_losses.teacher_loss(*args, automask=True, **kw)
+    delayed, _ = md_losses.teacher_loss(*args, automask=True, automask_active=jnp.float32(0), **kw)
+    active, _ = md_losses.teacher_loss(*args, automask=True, automask_active=jnp.float32(1), **kw)
+    assert float(delayed) == pytest.approx(float(plain), rel=1e-6)
+    assert float(active) == pytest.approx(float(masked), rel=1e-6)
+    assert float(masked) != float(plain)
+
+
+def test_optimizer_scales_the_pose_learning_rate():
+    config = small_config()
+    config.optim.pose_lr_scale = 10.0
+    tx = teacher_freeze.make_optimizer(config, steps_per_epoch=1)
+    params = {k: {"w": jnp.zeros(2)} for k in ("depth", "mono", "pose")}
+    updates, _ = tx.update({k: {"w": jnp.asarray([1.0, -1.0])} for k in params},
+                           tx.init(params), params)
+    lr = config.optim.lr
+    # Adam's first step is -lr * sign(g): the pose net's is 10x, the others' unchanged.
+    np.testing.assert_allclose(updates["pose"]["w"], [-10 * lr, 10 * lr], rtol=1e-5)
+    for k in ("depth", "mono"):
+        np.testing.assert_allclose(updates[k]["w"], [-lr, lr], rtol=1e-5)
+
+
 def test_depth_bins_ema():
     depth = jnp.stack([jnp.full((4, 4, 1), 2.0).at[0, 0].set(1.0),
                        jnp.full((4, 4, 1), 3.0).at[0, 0].set(30.0)])

@@ -267,11 +267,18 @@ def tensor(x):
 
 
 def assert_close_nhwc(torch_value, jax_value, tol):
-    """A torch NCHW result equals a jdepth NHWC one to `tol` (absolute and relative)."""
+    """A torch NCHW result equals a jdepth NHWC one to `tol` (absolute and relative).
+
+    The absolute tolerance grows with the tensor's largest value (1e-6 of it, when that exceeds
+    `tol`): deep encoder features of ~200 carry float32 rounding of ~1e-4 from their summation
+    order (oneDNN and XLA differ, and XLA's differs with the threads it gets), which a feature
+    near zero after a cancelling sum cannot meet relatively.
+    """
     import numpy as np
 
-    np.testing.assert_allclose(torch_value.detach().numpy().transpose(0, 2, 3, 1), jax_value,
-                               rtol=tol, atol=tol)
+    expected = torch_value.detach().numpy().transpose(0, 2, 3, 1)
+    atol = max(tol, 1e-6 * float(np.abs(expected).max()))
+    np.testing.assert_allclose(expected, jax_value, rtol=tol, atol=atol)
 
 
 def load_strict(module, state):

@@ -156,7 +156,10 @@ def write_results(entries, results: dict, baseline: dict, path: str,
         "",
         "Written by `python tools/run_synthetic_suite.py` (do not edit by hand). Every recipe is "
         "trained from scratch with its demo config: the same synthetic drives, 192x64, batch 8, "
-        "the same number of epochs and the same seed. Test split: one held-out drive.",
+        "the same number of epochs and the same seed. Test split: one held-out drive. "
+        "`wall` is the training time on the machine that ran the suite (a 2-core CPU here, "
+        "often shared by two or three of these runs at once: compare CPU cost with "
+        "tools/benchmark.py, not with this column).",
         "",
         "## Test split, Eigen protocol (velodyne GT, Garg crop, median scaling)",
         "",

@@ -85,6 +85,7 @@ def teacher_loss(
     automask: bool = True,
     avg_reprojection: bool = False,
     axis_name: str | None = None,
+    automask_active: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """The single-frame teacher's loss (module docstring).
 
@@ -99,6 +100,8 @@ def teacher_loss(
       min_depth, max_depth, ssim_weight, smoothness_weight, automask, avg_reprojection: as in
         ``monodepth.monodepth_loss``.
       axis_name: pmap axis of a sharded batch (masked means over the global batch), or None.
+      automask_active: scalar 0/1 (traced), the automask delay of ``monodepth.automask_delay``
+        (config ``loss.automask_start_step``), or None for always on.
 
     Returns:
       ``(total, aux)``: ``aux`` has ``photometric/s{s}``, ``smoothness/s{s}``, ``photometric``,
@@ -111,6 +114,7 @@ def teacher_loss(
     if automask:
         identity = _reduce_sources(monodepth.identity_errors(target, sources, ssim_weight),
                                    avg_reprojection)
+        identity = monodepth.automask_delay(identity, automask_active)
 
     def photometric(depth, scale_id):
         errors, _ = monodepth.reprojection_errors(
@@ -205,6 +209,8 @@ def multi_frame_loss(
       consistency: ``[B, H, W, 1]`` from ``consistency_mask``.
       augmentation: ``[B]`` 1 where matching augmentation was applied (reprojection off).
       axis_name: pmap axis of a sharded batch (masked means over the global batch), or None.
+      automask_active: scalar 0/1 (traced), the automask delay of ``monodepth.automask_delay``
+        (config ``loss.automask_start_step``), or None for always on.
 
     Returns:
       ``(total, aux)``: ``aux`` has ``photometric/s{s}``, ``consistency/s{s}``, ``smoothness/s{s}``,

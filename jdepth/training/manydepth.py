@@ -219,10 +219,12 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
     # The teacher's loss is computed in both phases (logged) but only trains before the freeze.
     teacher_total, teacher_aux = md_losses.teacher_loss(
         mono_disps, frames[0], sources, poses, inputs["K"], inputs["inv_K"], pyramid,
-        key=inputs["sample_keys"], automask=loss_cfg.automask, **common,
+        key=inputs["sample_keys"], automask=loss_cfg.automask,
+        automask_active=inputs.get("automask_active"), **common,
     )
     total = jnp.where(joint, teacher_total, 0.0)
-    aux = {"teacher/loss": teacher_total, "teacher/photometric": teacher_aux["photometric"],
+    aux = {**monodepth.pose_summary(poses),
+           "teacher/loss": teacher_total, "teacher/photometric": teacher_aux["photometric"],
            "teacher/smoothness": teacher_aux["smoothness"], "teacher/frozen": 1.0 - live}
     if loss_cfg.get("velocity_weight", 0.0) > 0:
         speed = velocity_lib.velocity_loss(poses, inputs["velocity"], config.data.frame_interval)
@@ -298,6 +300,9 @@ def train_step(
         "static": static, "zero_cost_volume": zero, "index": batch["index"],
         "plugin_rng": jax.random.fold_in(step_rng, 2),
     }
+    active = monodepth.automask_active(config, state.step)  # loss.automask_start_step
+    if active is not None:
+        inputs["automask_active"] = active
     if "panoptic" in batch:
         inputs["panoptic"] = batch["panoptic"][:, 0]  # frame 0, flipped with the images
     if config.loss.get("velocity_weight", 0.0) > 0:

@@ -82,10 +82,13 @@ def restart_at(inner: optax.GradientTransformation, step: int) -> optax.Gradient
     return optax.GradientTransformation(init, update)
 
 
-def _adam(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformation:
+def _adam(optim_cfg, steps_per_epoch: int, scale: float = 1.0) -> optax.GradientTransformation:
     schedule = learning_rate_schedule(
         optim_cfg.lr, steps_per_epoch, optim_cfg.decay_epochs, optim_cfg.decay_factor
     )
+    if scale != 1.0:
+        base = schedule
+        schedule = lambda step: scale * base(step)  # noqa: E731
     return optax.adam(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=1e-8)
 
 
@@ -96,16 +99,25 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     if config.manydepth.get("reset_optimizer_at_freeze", True):
         multi = restart_at(multi, frozen_from)
     teacher = freeze_after(_adam(config.optim, steps_per_epoch), frozen_from)
+    # optim.pose_lr_scale as in the Monodepth2 family (jdepth/training/state.py): the pose net's
+    # outputs are scaled by 0.01, so from scratch it is the slow learner (configs/demo.py).
+    pose = freeze_after(
+        _adam(config.optim, steps_per_epoch, float(config.optim.get("pose_lr_scale", 1.0))),
+        frozen_from,
+    )
+
+    def group(name: str) -> str:
+        if name == "pose":
+            return "pose"
+        return "teacher" if name in TEACHER_NETWORKS else "multi"
 
     def labels(params):
         return {
-            name: jax.tree_util.tree_map(
-                lambda _, n=name: "teacher" if n in TEACHER_NETWORKS else "multi", subtree
-            )
+            name: jax.tree_util.tree_map(lambda _, n=name: group(n), subtree)
             for name, subtree in params.items()
         }
 
-    tx = optax.multi_transform({"multi": multi, "teacher": teacher}, labels)
+    tx = optax.multi_transform({"multi": multi, "teacher": teacher, "pose": pose}, labels)
     if config.optim.get("grad_clip_norm"):
         tx = optax.chain(optax.clip_by_global_norm(config.optim.grad_clip_norm), tx)
     return tx
