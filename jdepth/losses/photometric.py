@@ -89,24 +89,28 @@ def _ssim_loss_fwd(x: jax.Array, y: jax.Array):
 def _ssim_loss_bwd(residuals, cotangent: jax.Array):
     x, y = residuals
     mu_x, mu_y, a, b, c, d = _ssim_terms(x, y)
-    # ssim = a b / (c d) with c, d >= C1, C2 > 0, while b = 2 sigma_xy + C2 crosses zero wherever
-    # x and y are anti-correlated: the partials are written without dividing by a or b (an exact
-    # b == 0 made the log-derivative form 0 / 0 = NaN and poisoned a whole training step).
-    inv_cd = 1.0 / (c * d)
-    ssim = a * b * inv_cd
+    ssim = a * b / (c * d)
     loss = (1.0 - ssim) / 2.0
-    # d loss / d ssim = -1/2 inside the clip.
-    g = jnp.where((loss > 0.0) & (loss < 1.0), -0.5 * cotangent, 0.0)
-    g_a = g * b * inv_cd  # d ssim / d a = b / (c d)
-    g_b = g * a * inv_cd
-    g_c = -g * ssim / c
-    g_d = -g * ssim / d
-    # a = 2 mu_x mu_y + C1, b = 2 (E[xy] - mu_x mu_y) + C2, c = mu_x^2 + mu_y^2 + C1,
-    # d = E[x^2] - mu_x^2 + E[y^2] - mu_y^2 + C2.
-    g_second_moment = g_d  # for E[x^2] and E[y^2]
-    g_cross = 2.0 * g_b  # for E[xy]
-    g_mu_x = 2.0 * (mu_y * (g_a - g_b) + mu_x * (g_c - g_d))
-    g_mu_y = 2.0 * (mu_x * (g_a - g_b) + mu_y * (g_c - g_d))
+    # d loss / d ssim = -1/2 inside the clip; every partial below is ssim * d(log ssim).
+    g = jnp.where((loss > 0.0) & (loss < 1.0), -0.5 * cotangent, 0.0) * ssim
+    # b = 2 sigma_xy + C2 crosses zero on anti-correlated patches, where g / b is 0 / 0. There
+    # (exactly b == 0, seen once in a training run) g / b is taken in its limit
+    # d loss / d ssim * a / (c d); elsewhere the expression (and its rounding) is unchanged.
+    zero_b = b == 0.0
+    safe_b = jnp.where(zero_b, 1.0, b)
+    limit = jnp.where((loss > 0.0) & (loss < 1.0), -0.5 * cotangent, 0.0) * a / (c * d)
+    g_second_moment = -g / d  # for E[x^2] and E[y^2]
+    g_cross = 2.0 * jnp.where(zero_b, limit, g / safe_b)  # for E[xy]
+    g_mu_x = jnp.where(
+        zero_b,
+        2.0 * (g * (mu_y / a - mu_x / c + mu_x / d) - mu_y * limit),
+        2.0 * g * (mu_y / a - mu_x / c + mu_x / d - mu_y / safe_b),
+    )
+    g_mu_y = jnp.where(
+        zero_b,
+        2.0 * (g * (mu_x / a - mu_y / c + mu_y / d) - mu_x * limit),
+        2.0 * g * (mu_x / a - mu_y / c + mu_y / d - mu_x / safe_b),
+    )
     adjoint_second = _reflect_box_mean_adjoint(g_second_moment)
     adjoint_cross = _reflect_box_mean_adjoint(g_cross)
     grad_x = _reflect_box_mean_adjoint(g_mu_x) + 2.0 * x * adjoint_second + y * adjoint_cross
