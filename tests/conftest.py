@@ -69,6 +69,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def fast_compiles():
+    """Halves XLA compile time for small programs (as flax's imagenet tests do); a module opts in
+    with `pytestmark = pytest.mark.usefixtures("fast_compiles")`."""
+    import jax
+
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
 @pytest.fixture
 def tiny():
     return tiny_config()

@@ -40,12 +40,7 @@ H, W = 64, 64  # smallest size whose deepest feature (1/32) is 2x2: the pose mea
 EXTRAS = {"height": H, "width": W, "use_stereo": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _random_variables(model, *inputs, seed, **static):

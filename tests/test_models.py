@@ -20,13 +20,7 @@ from jdepth.models.resnet import BasicBlock, Bottleneck, ResNetEncoder, encoder_
 from jdepth.models.resnet import max_pool_3x3_s2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Halves XLA compile time for the small forward passes here (as flax's imagenet tests do)."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _count(tree) -> int:

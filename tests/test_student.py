@@ -22,12 +22,7 @@ from jdepth.training.state import TrainState, make_optimizer
 H, W = 64, 96
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _fill(tree, seed: int):

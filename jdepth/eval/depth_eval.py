@@ -131,7 +131,7 @@ def mean_depth_map(root: str, refs, height: int, width: int, max_depth: float = 
 
 def evaluate_constant_prediction(depth_map: np.ndarray, gt_depths, median_scaling=True, **kw):
     """Metrics of predicting the same depth map for every image (the baseline above)."""
-    disp = 1.0 / np.maximum(depth_map, 1e-3)
+    disp = ConstantDepthPredictor(depth_map).disparity
     return depth_metrics.evaluate_predictions(
         gt_depths, [disp] * len(gt_depths), median_scaling=median_scaling, **kw
     )
@@ -148,7 +148,7 @@ class ConstantDepthPredictor:
     absolute = False
 
     def __init__(self, depth_map: np.ndarray):
-        self.disparity = (1.0 / np.maximum(np.asarray(depth_map, np.float32), 1e-3))
+        self.disparity = 1.0 / np.maximum(np.asarray(depth_map, np.float32), 1e-3)
 
     def predict_disparity(self, images, batch_size: int = 8, **unused):
         return np.stack([self.disparity] * len(images))
