@@ -10,7 +10,8 @@ Reference: KITTI Eigen AbsRel 0.098 (manydepth README, ImageNet weights), 20 epo
 teacher and pose frozen after epoch 15. Multi-scale feature fusion (Shyam et al. Sec. 3.5,
 jdepth/models/msff.py): --config.model.msff=True.
 Cost: a CPU step at 640x192, batch 12 and the memory it needs are measured by
-`python tools/benchmark.py --config configs/manydepth.py` (numbers in the ManyDepth issue note).
+`python tools/benchmark.py --config configs/manydepth.py` (BENCHMARKS.md: 64 s and an 8.35 GiB
+XLA plan on a 2-core CPU).
 """
 
 from ml_collections import config_dict
@@ -36,13 +37,17 @@ def add_manydepth(config):
     m.matching_border = 2  # cost-volume validity border, matching pixels
     m.msff = False  # multi-scale feature fusion of the matching features (DESIGN.md item 6)
     m.cost_volume_gradient = False  # reference: no gradient through the matching
-    # Sweep the 96 bins 8 at a time (same numbers): at 640x192, batch 12 on CPU the step then needs
-    # 7.4 instead of 13.1 GiB and runs faster (35 vs 44 s); 0 sweeps all bins at once.
+    # Sweep the 96 bins 8 at a time (same numbers): an earlier measurement at 640x192, batch 12 on
+    # CPU gave 7.4 instead of 13.1 GiB and a faster step; 0 sweeps all bins at once. Current cost
+    # of the step: BENCHMARKS.md.
     m.bins_per_chunk = 8
 
     c = config.manydepth = config_dict.ConfigDict()
     c.freeze_teacher_epoch = 15
     c.freeze_teacher_step = -1  # >= 0 overrides the epoch (0: teacher and pose frozen from start)
+    # The teacher's photometric loss: "masked_mean" over the pixels the reprojection wins (the
+    # reference) or "min", Monodepth2's mean of min(reprojection, identity) (manydepth_demo.py).
+    c.teacher_reduction = "masked_mean"
     c.reset_optimizer_at_freeze = True  # the reference re-creates Adam + StepLR at the freeze
     c.matching_augmentation = True
     c.static_camera_prob = 0.25

@@ -7,11 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import load_config, random_batch, tiny_config
+
 from jdepth import geometry
 from jdepth.losses import issl
-from jdepth.training import monodepth, parallel as parallel_lib
+from jdepth.training import monodepth
+from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
 
 H, W, F, Z = 8, 12, 10.0, 5.0
@@ -282,6 +283,7 @@ def test_disabled_issl_leaves_the_step_program_unchanged():
     assert str(current) == str(reference)
 
 
+@pytest.mark.slow
 def test_train_step_with_issl_runs_once_compiled_and_logs_the_term():
     config, networks, state = _setup(enabled=True)
     batches = [random_batch(config, 2, seed=i) for i in range(2)]

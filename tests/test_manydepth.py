@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import load_config, random_batch
+
 from jdepth.losses import manydepth as md_losses
 from jdepth.models.manydepth import ManyDepthNet
 from jdepth.models.msff import MultiScaleFusion
-from jdepth.training import manydepth, parallel as parallel_lib, teacher_freeze
+from jdepth.training import manydepth, teacher_freeze
+from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
 
 SIZE = 64
@@ -216,6 +217,49 @@ def test_teacher_automask_delay_is_no_automask_until_active():
     assert float(masked) != float(plain)
 
 
+def test_teacher_min_reduction_is_the_monodepth2_objective():
+    # manydepth.teacher_reduction="min" (configs/manydepth_demo.py) is exactly Monodepth2's loss.
+    from jdepth.losses import monodepth
+
+    disps, target, sources, poses, K, inv_K, pyramid = _loss_inputs()
+    args = (disps, target, sources, poses, K, inv_K, pyramid)
+    kw = dict(key=jax.random.PRNGKey(3), smoothness_weight=1e-3)
+    for active in (jnp.float32(0), jnp.float32(1)):
+        teacher, t_aux = md_losses.teacher_loss(
+            *args, reduction="min", automask_active=active, **kw
+        )
+        mono, m_aux = monodepth.monodepth_loss(*args, automask_active=active, **kw)
+        np.testing.assert_allclose(float(teacher), float(mono), rtol=1e-6)
+        for s in disps:
+            np.testing.assert_allclose(float(t_aux[f"photometric/s{s}"]),
+                                       float(m_aux[f"photometric/s{s}"]), rtol=1e-6)
+    masked, _ = md_losses.teacher_loss(*args, automask_active=jnp.float32(1), **kw)
+    assert float(masked) != float(teacher)  # the reference's masked mean is another objective
+    with pytest.raises(ValueError, match="reduction"):
+        md_losses.teacher_loss(*args, reduction="mean", **kw)
+
+
+def test_teacher_and_pose_start_from_the_monodepth2_recipes_initial_values():
+    # Same seed, same initial teacher and pose as the Monodepth2 recipe (configs/manydepth_demo.py):
+    # with teacher_reduction="min" the teacher then trains as the Monodepth2 run does.
+    from jdepth.training import monodepth
+
+    config = small_config()
+    params, _ = manydepth.init_variables(manydepth.build_networks(config), config,
+                                         jax.random.PRNGKey(7))
+    reference, _ = monodepth.init_variables(
+        monodepth.build_networks(manydepth.teacher_config(config)), config, jax.random.PRNGKey(7)
+    )
+    for ours, theirs in (("mono", "depth"), ("pose", "pose")):
+        leaves = zip(jax.tree_util.tree_leaves(params[ours]),
+                     jax.tree_util.tree_leaves(reference[theirs]), strict=True)
+        assert all(np.array_equal(a, b) for a, b in leaves), ours
+    # The multi-frame network's encoder has its own draw, not a copy of the teacher's.
+    first = jax.tree_util.tree_leaves(params["depth"])[0]
+    assert not any(a.shape == first.shape and np.array_equal(a, first)
+                   for a in jax.tree_util.tree_leaves(params["mono"]))
+
+
 def test_optimizer_scales_the_pose_learning_rate():
     config = small_config()
     config.optim.pose_lr_scale = 10.0
@@ -315,6 +359,7 @@ def _same(a, b) -> bool:
                zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+@pytest.mark.slow
 def test_train_step_runs_finite_and_compiles_once(trained):
     _, metrics, traces = trained
     assert traces == 1  # both phases live in one compiled lax.cond
@@ -327,6 +372,7 @@ def test_train_step_runs_finite_and_compiles_once(trained):
         assert key in first
 
 
+@pytest.mark.slow
 def test_adaptive_bins_follow_teacher_until_freeze(trained):
     states, metrics, _ = trained
     m = metrics[0]
@@ -339,6 +385,7 @@ def test_adaptive_bins_follow_teacher_until_freeze(trained):
     assert _same(states[1].extra, states[3].extra)
 
 
+@pytest.mark.slow
 def test_freeze_switch(trained):
     states, metrics, _ = trained
     assert [m["teacher/frozen"] for m in metrics] == [0.0, 1.0, 1.0]
@@ -403,6 +450,7 @@ def _max_diff(a, b):
                for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+@pytest.mark.slow
 def test_pmap_two_devices_matches_one_device(variables, trained):
     """Both phases under pmap (BatchNorm, bins and masked means over the global batch)."""
     devices = jax.local_devices()

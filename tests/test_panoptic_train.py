@@ -7,12 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import load_config, random_batch, tiny_config
-from jdepth.training import monodepth, panoptic as panoptic_plugin, panoptic_config
+from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fixture)
+
+from jdepth.training import monodepth, panoptic_config
+from jdepth.training import panoptic as panoptic_plugin
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
-from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fixture)
 
 H = W = 64
 
@@ -48,6 +49,7 @@ def test_configs_switch_the_plugin_on():
         monodepth.build_networks(bad)
 
 
+@pytest.mark.slow
 def test_train_step_with_panoptic_and_contrastive_compiles_once_and_is_finite():
     config = _config()
     networks = monodepth.build_networks(config)

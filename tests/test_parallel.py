@@ -5,9 +5,11 @@ import functools
 import jax
 import numpy as np
 import optax
-
+import pytest
 from conftest import random_batch, tiny_config
-from jdepth.training import monodepth, parallel as parallel_lib
+
+from jdepth.training import monodepth
+from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
 
 
@@ -38,6 +40,7 @@ def _max_diff(a, b):
     )
 
 
+@pytest.mark.slow
 def test_pmap_two_devices_matches_one_device():
     devices = jax.local_devices()
     assert len(devices) >= 2, "tests/conftest.py must force 2 host devices"

@@ -7,17 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import linen as nn
-
 from conftest import load_config, random_batch, tiny_config
+from flax import linen as nn
+from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fixture)
+
 from jdepth import geometry
 from jdepth.data import instances
 from jdepth.losses import monodepth as monodepth_losses
-from jdepth.losses.photometric import photometric_error
 from jdepth.training import monodepth, piecewise
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
-from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fixture)
 
 # --------------------------------------------------------------------------------------------
 # An analytic scene: a textured wall at z = 20 m and a textured car face at z = 8 m that moves on
@@ -243,6 +242,7 @@ def test_config_switch_and_pipeline_settings():
         piecewise.pipeline_settings(base)
 
 
+@pytest.mark.slow
 def test_piecewise_step_compiles_once_for_different_instance_counts():
     config = _config(True, frame_ids=(0, -1))  # an earlier frame: the inverted pair order
     networks = monodepth.build_networks(config)
@@ -272,6 +272,7 @@ def _capture_grads() -> optax.GradientTransformation:
         lambda grads, state, params=None: (jax.tree_util.tree_map(jnp.zeros_like, grads), grads))
 
 
+@pytest.mark.slow
 def test_switched_off_is_the_global_pose_step_bit_for_bit():
     """OFF == the global-pose objective rebuilt from public pieces, even with instance keys in
     the batch: same loss and gradients, bit for bit."""

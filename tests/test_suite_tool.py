@@ -24,6 +24,15 @@ def test_every_entry_is_a_demo_sized_config_with_the_same_budget():
     assert len(budgets) == 1, budgets
 
 
+def test_student_entry_distils_the_suite_manydepth_run():
+    suite = _suite()
+    entries = {e.name: e for e in suite.SUITE}
+    student = entries["hrdepth_pp"]
+    assert load_config(student.config).recipe == "student"
+    assert student.overrides[0] == "--config.distill.teacher_workdir={runs}/manydepth"
+    assert list(entries).index("manydepth") < list(entries).index("hrdepth_pp")  # teacher first
+
+
 def test_results_page_tables(tmp_path):
     suite = _suite()
     entries = [suite.Entry("a", "demo", "first"), suite.Entry("b", "demo_issl", "second")]
@@ -43,14 +52,20 @@ def test_results_page_tables(tmp_path):
                                                         pq_stuff=50.0))}
     baseline = {"all": {"abs_rel": 0.347}, "moving": {"abs_rel": 0.577},
                 "edge_band": {"abs_rel": 0.446}}
+    results["a"]["eval"]["cost_volume"] = {
+        "fraction_within_0.1": 0.095, "abs_rel": 1.266, "confident_fraction": 0.6875,
+        "exact_geometry": {"median_shift_of_0.1_depth_error_matching_px": 0.0586,
+                           "fraction_shift_at_least_half_a_matching_px": 0.0}}
     path = tmp_path / "RESULTS.md"
     suite.write_results(entries, results, baseline, str(path), str(tmp_path / "fig.png"))
     text = path.read_text()
     assert "| `a` | first | 0.286 |" in text
-    assert "| `b` | second | 0.270 |" in text
+    assert "| `b` | second (**absolute depth**, no median scaling) | 0.270 |" in text
     assert "| baseline | the average training depth map, every image | 0.357 |" in text
     assert "| `a` | 0.286 | 0.372 | 0.400 |" in text
     assert "| baseline | 0.347 | 0.577 | 0.446 |" in text
-    assert "| `b` | 0.250 | 0.600 | 1.020 | 0.050 |" in text  # absolute table
+    # Absolute table: absolute abs_rel and a1, the median-scaled abs_rel, the scale ratio.
+    assert "| `b` | 0.250 | 0.600 | 0.270 | 1.020 | 0.050 |" in text
     assert "| `b` | 41.5 | 70.0 | 55.0 | 20.0 | 50.0 |" in text
     assert "![suite](fig.png)" in text
+    assert "| `a` | 0.095 | 1.266 | 0.688 | 0.059 | 0.000 |" in text  # cost volume table

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import REPO
 
 
@@ -33,6 +34,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_and_finishes(synthetic_root, tmp_path):
     workdir = tmp_path / "run"
     cmd = _train_cmd(workdir, synthetic_root, max_steps=8)

@@ -11,7 +11,10 @@ Only confident pixels (every hypothesis projects inside the lookup frame) with 0
 The cost volume lives in the teacher's scale, so each image is median-scaled first.
 
 Prints the fraction of those pixels within `tolerance` (10%) of the true depth, the abs_rel of the
-argmin depth, and the confident fraction of the image.
+argmin depth, and the confident fraction of the image. On the synthetic drives, whose exact camera
+poses are known, it also prints how far a `tolerance` depth error moves a pixel's projection in
+the lookup frame, in matching pixels (jdepth/eval/matching_signal.py): the most any cost volume
+at this resolution can resolve.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def main(argv=None) -> int:
     forward = jax.jit(functools.partial(manydepth.multi_frame_forward, networks=networks))
     h, w = predictor.height >> MATCHING_SCALE, predictor.width >> MATCHING_SCALE
 
-    within, abs_rel, confident = [], [], []
+    within, abs_rel, confident, flows, shifts = [], [], [], [], []
     for start in range(0, len(refs), args.batch_size):
         chunk = refs[start : start + args.batch_size]
         images = depth_eval.load_split_images(root, chunk)
@@ -74,6 +77,10 @@ def main(argv=None) -> int:
         conf = np.asarray(aux["confidence"])[..., 0] > 0
         for i, ref in enumerate(chunk):
             gt = kitti.load_benchmark_depth(kitti.benchmark_gt_path(root, ref))
+            signal = _matching_signal(root, ref, gt, args.tolerance)
+            if signal is not None:
+                flows.append(signal[0])
+                shifts.append(signal[1])
             gt = pipeline.resize_labels(gt, h, w)
             mask = conf[i] & (gt > 0) & (gt < 80)
             confident.append(conf[i].mean())
@@ -91,12 +98,36 @@ def main(argv=None) -> int:
         "confident_fraction": float(np.mean(confident)),
         "bins": [float(predictor.extra["min_depth_bin"]), float(predictor.extra["max_depth_bin"])],
     }
+    if shifts:
+        flow, shift = np.concatenate(flows), np.concatenate(shifts)
+        result["exact_geometry"] = {
+            "median_flow_matching_px": float(np.median(flow)),
+            f"median_shift_of_{args.tolerance:g}_depth_error_matching_px": float(np.median(shift)),
+            "fraction_shift_at_least_half_a_matching_px": float(np.mean(shift >= 0.5)),
+        }
     print(json.dumps(result, indent=2))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return 0
+
+
+def _matching_signal(root: str, ref, gt: np.ndarray, tolerance: float):
+    """(flow, shift) of ``matching_signal.depth_error_shift`` for a synthetic frame, else None."""
+    from jdepth.data import kitti
+    from jdepth.eval import matching_signal
+    from jdepth.models.manydepth import MATCHING_SCALE
+
+    drive = os.path.join(root, ref.folder)
+    if ref.frame_index < 1 or not os.path.exists(os.path.join(drive, "synthetic_meta.json")):
+        return None
+    T = matching_signal.synthetic_relative_pose(drive, ref.frame_index, ref.frame_index - 1)
+    calib = kitti.load_camera_calibration(kitti.calib_dir(root, ref),
+                                          kitti.side_to_camera(ref.side))
+    K = kitti.scale_intrinsics(kitti.normalised_intrinsics(calib), gt.shape[1], gt.shape[0])
+    valid = np.where((gt > 0) & (gt < 80), gt, 0.0)
+    return matching_signal.depth_error_shift(valid, K, T, tolerance, 2**MATCHING_SCALE)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,16 @@ SUITE = (
     Entry("manydepth_msff", "manydepth_demo", "ManyDepth + multi-scale feature fusion",
           ("--config.model.msff=True",)),
     Entry("monodepth2_panoptic", "demo_panoptic", "Monodepth2 + panoptic head + contrastive loss"),
+    # Stage two of the paper's flow: the student distils the finished `manydepth` run ("{runs}" is
+    # the suite's runs folder). Without the speed loss the teacher's scale is arbitrary, and so is
+    # the student's absolute depth: its scale ratio is in the absolute-depth table. The panoptic
+    # plug-in is off here: with it, XLA:CPU had not finished compiling the step after 23 CPU-minutes
+    # and 14.6 GB (the default config keeps it on).
+    Entry("hrdepth_pp", "hrdepth_pp_demo",
+          "HRDepth++ (Student-II: HRNet-18 + scale head, panoptic plug-in off), distilled from "
+          "`manydepth`",
+          ("--config.distill.teacher_workdir={runs}/manydepth", "--config.panoptic.enabled=False",
+           "--config.contrastive.enabled=False", "--config.data.load_panoptic=False")),
 )
 
 
@@ -66,7 +76,8 @@ def train(entry: Entry, runs: str, log_dir: str) -> dict:
     if not os.path.exists(final):
         cmd = [sys.executable, "-m", "jdepth.train",
                "--config", os.path.join(REPO, "configs", f"{entry.config}.py"),
-               "--workdir", workdir, "--config.train.progress_bar=False", *entry.overrides]
+               "--workdir", workdir, "--config.train.progress_bar=False",
+               *(o.replace("{runs}", os.path.abspath(runs)) for o in entry.overrides)]
         print(f"[suite] {entry.name}: {' '.join(cmd[1:])}", flush=True)
         start = time.time()
         with open(os.path.join(log_dir, f"{entry.name}.log"), "a") as log:
@@ -99,7 +110,20 @@ def evaluate(entry: Entry, runs: str) -> dict:
         out["regions_absolute"] = regions.evaluate_regions(
             predictor, root, split, gt_kind="dense", median_scaling=False)
     out["panoptic"] = panoptic_plugin.predictor_panoptic_quality(predictor, split)
+    if config.recipe == "manydepth":
+        out["cost_volume"] = cost_volume_accuracy(workdir)
     return out
+
+
+def cost_volume_accuracy(workdir: str) -> dict:
+    """tools/cost_volume_accuracy.py's numbers for a multi-frame run (computed once, then read)."""
+    path = os.path.join(workdir, "eval", "cost_volume_accuracy.json")
+    if not os.path.exists(path):
+        subprocess.run([sys.executable, os.path.join(REPO, "tools", "cost_volume_accuracy.py"),
+                        "--workdir", workdir, "--json", path], cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL)
+    with open(path) as f:
+        return json.load(f)
 
 
 def baseline_regions(entry: Entry, runs: str) -> dict:
@@ -170,7 +194,9 @@ def write_results(entries, results: dict, baseline: dict, path: str,
     for e in entries:
         r = results[e.name]["train"]
         wall = r.get("wall_seconds")
-        lines.append(f"| `{e.name}` | {e.what} | " + " | ".join(_fmt(r[k]) for k in keys)
+        what = e.what + (" (**absolute depth**, no median scaling)"
+                         if results[e.name]["eval"].get("regions_absolute") else "")
+        lines.append(f"| `{e.name}` | {what} | " + " | ".join(_fmt(r[k]) for k in keys)
                      + f" | {'-' if wall is None else f'{wall / 60:.0f} min'} |")
     if base:
         lines.append("| baseline | the average training depth map, every image | "
@@ -194,11 +220,33 @@ def write_results(entries, results: dict, baseline: dict, path: str,
     absolute = [e for e in entries if "regions_absolute" in results[e.name]["eval"]]
     if absolute:
         lines += ["", "## Absolute depth (no median scaling)", "",
-                  "| recipe | abs_rel | a1 | scale ratio (median) | std |", "|---|---|---|---|---|"]
+                  "Exact dense depth, all pixels: the prediction as it is against the same "
+                  "prediction median-scaled per image. The scale ratio is median(GT) / "
+                  "median(prediction) per image (1 = metric).", "",
+                  "| recipe | abs_rel absolute | a1 absolute | abs_rel median-scaled | "
+                  "scale ratio (median) | std |", "|---|---|---|---|---|---|"]
         for e in absolute:
             a = results[e.name]["eval"]["regions_absolute"]["all"]
+            m = results[e.name]["eval"]["regions"]["all"]
             lines.append(f"| `{e.name}` | {_fmt(a['abs_rel'])} | {_fmt(a['a1'])} | "
-                         f"{_fmt(a['scale_ratio_median'])} | {_fmt(a['scale_ratio_std'])} |")
+                         f"{_fmt(m['abs_rel'])} | {_fmt(a['scale_ratio_median'])} | "
+                         f"{_fmt(a['scale_ratio_std'])} |")
+    matching = [e for e in entries if results[e.name]["eval"].get("cost_volume")]
+    if matching:
+        lines += ["", "## Cost volume (tools/cost_volume_accuracy.py)", "",
+                  "Argmin depth of the trained cost volume against the exact depth on its "
+                  "confident pixels (median-scaled per image), and what the exact geometry allows: "
+                  "how far a 10% depth error moves a pixel's projection in frame t-1, in matching "
+                  "pixels.", "",
+                  "| recipe | within 10% | abs_rel | confident | median shift of a 10% error (px) "
+                  "| pixels shifted >= 0.5 px |", "|---|---|---|---|---|---|"]
+        for e in matching:
+            c = results[e.name]["eval"]["cost_volume"]
+            g = c.get("exact_geometry", {})
+            lines.append(f"| `{e.name}` | {_fmt(c.get('fraction_within_0.1'))} | "
+                         f"{_fmt(c.get('abs_rel'))} | {_fmt(c.get('confident_fraction'))} | "
+                         f"{_fmt(g.get('median_shift_of_0.1_depth_error_matching_px'))} | "
+                         f"{_fmt(g.get('fraction_shift_at_least_half_a_matching_px'))} |")
     panoptic = [e for e in entries if results[e.name]["eval"]["panoptic"]]
     if panoptic:
         lines += ["", "## Panoptic quality (test split, exact labels)", "",

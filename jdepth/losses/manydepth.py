@@ -7,7 +7,10 @@ in Monodepth2: every scale's disparity is upsampled to H x W and warped at full 
 Teacher (single frame), per scale: the minimum over sources of the reprojection error and, with
 the automask, of the identity error (+ N(0,1)e-5); a pixel is kept where the reprojection wins
 (ties go to the reprojection, torch.argmin's first index) and the loss is the mean over kept
-pixels. This differs from Monodepth2, which averages min(identity, reprojection) over all pixels.
+pixels. This differs from Monodepth2, which averages min(identity, reprojection) over all pixels;
+``reduction="min"`` selects Monodepth2's form (configs/manydepth_demo.py: trained from scratch, the
+masked mean let the teacher's disparity saturate, so teacher and cost volume collapsed to the
+minimum depth; RESULTS.md).
 
 Multi-frame, per scale: the minimum reprojection error (no automask) averaged over the pixels of
 ``reprojection_mask = consistency_mask * (1 - augmentation_mask)``; on the other pixels the
@@ -86,6 +89,7 @@ def teacher_loss(
     avg_reprojection: bool = False,
     axis_name: str | None = None,
     automask_active: jax.Array | None = None,
+    reduction: str = "masked_mean",
 ) -> tuple[jax.Array, dict[str, Any]]:
     """The single-frame teacher's loss (module docstring).
 
@@ -102,11 +106,17 @@ def teacher_loss(
       axis_name: pmap axis of a sharded batch (masked means over the global batch), or None.
       automask_active: scalar 0/1 (traced), the automask delay of ``monodepth.automask_delay``
         (config ``loss.automask_start_step``), or None for always on.
+      reduction: "masked_mean" (the reference: mean of the reprojection error over the pixels it
+        wins) or "min" (Monodepth2: mean of min(reprojection, identity) over all pixels).
 
     Returns:
       ``(total, aux)``: ``aux`` has ``photometric/s{s}``, ``smoothness/s{s}``, ``photometric``,
       ``smoothness`` (weighted) and ``depths`` ``[S, B, H, W, 1]``.
     """
+    if reduction not in ("masked_mean", "min"):
+        raise ValueError(
+            f"teacher_loss: reduction must be 'masked_mean' or 'min', got {reduction!r}"
+        )
     scales = sorted(disps)
     _, height, width, _ = target.shape
     depths = full_res_depths(disps, height, width, min_depth, max_depth)
@@ -129,6 +139,8 @@ def teacher_loss(
             noisy = identity + IDENTITY_NOISE_STD * tie_breaking_noise(
                 noise_key, identity.shape, identity.dtype
             )
+        if reduction == "min":
+            return jnp.mean(jnp.minimum(reprojection, noisy))
         keep = (reprojection <= noisy).astype(reprojection.dtype)
         return global_masked_mean(reprojection, keep, axis_name)
 

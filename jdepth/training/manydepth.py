@@ -113,11 +113,18 @@ def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Modu
 
 
 def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
-    """Initial (params, batch_stats) keyed ``depth``, ``mono``, ``pose``."""
-    mono_rng, depth_rng = jax.random.split(rng)
+    """Initial (params, batch_stats) keyed ``depth``, ``mono``, ``pose``.
+
+    Teacher and pose net get exactly the initial values the Monodepth2 recipe gives its depth and
+    pose nets for the same seed. With the same data, noise keys and ``teacher_reduction="min"``
+    the teacher then follows the Monodepth2 run step for step, so a comparison of the two recipes
+    measures what the multi-frame network adds. (From scratch the teacher's fate depends on its
+    initial values: with another draw it saturated at the minimum depth by step 50; RESULTS.md.)
+    """
     params, batch_stats = monodepth.init_variables(
-        {"depth": networks["mono"], "pose": networks["pose"]}, config, mono_rng
+        {"depth": networks["mono"], "pose": networks["pose"]}, config, rng
     )
+    depth_rng = jax.random.fold_in(rng, 2)
     h, w = config.data.height, config.data.width
     image = jnp.zeros((1, h, w, 3), jnp.float32)
     K = jnp.eye(4, dtype=jnp.float32)[None]
@@ -220,7 +227,8 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
     teacher_total, teacher_aux = md_losses.teacher_loss(
         mono_disps, frames[0], sources, poses, inputs["K"], inputs["inv_K"], pyramid,
         key=inputs["sample_keys"], automask=loss_cfg.automask,
-        automask_active=inputs.get("automask_active"), **common,
+        automask_active=inputs.get("automask_active"),
+        reduction=config.manydepth.get("teacher_reduction", "masked_mean"), **common,
     )
     total = jnp.where(joint, teacher_total, 0.0)
     aux = {**monodepth.pose_summary(poses),
