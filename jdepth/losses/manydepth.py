@@ -8,9 +8,8 @@ Teacher (single frame), per scale: the minimum over sources of the reprojection 
 the automask, of the identity error (+ N(0,1)e-5); a pixel is kept where the reprojection wins
 (ties go to the reprojection, torch.argmin's first index) and the loss is the mean over kept
 pixels. This differs from Monodepth2, which averages min(identity, reprojection) over all pixels;
-``reduction="min"`` selects Monodepth2's form (configs/manydepth_demo.py: trained from scratch, the
-masked mean let the teacher's disparity saturate, so teacher and cost volume collapsed to the
-minimum depth; RESULTS.md).
+``reduction="min"`` selects Monodepth2's form (configs/manydepth_demo.py, so that its teacher
+trains exactly as the Monodepth2 demo's depth net).
 
 Multi-frame, per scale: the minimum reprojection error (no automask) averaged over the pixels of
 ``reprojection_mask = consistency_mask * (1 - augmentation_mask)``; on the other pixels the
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 
 from jdepth import geometry
 from jdepth.losses import monodepth
-from jdepth.losses.photometric import IDENTITY_NOISE_STD, tie_breaking_noise
+from jdepth.losses.photometric import IDENTITY_NOISE_STD, min_reprojection, tie_breaking_noise
 from jdepth.losses.smoothness import edge_aware_smoothness
 
 # A pixel's cost-volume depth and teacher depth must agree within this factor (2x) to be trusted.
@@ -120,27 +119,30 @@ def teacher_loss(
     scales = sorted(disps)
     _, height, width, _ = target.shape
     depths = full_res_depths(disps, height, width, min_depth, max_depth)
-    identity = None
+    identity_per_source = identity = None
     if automask:
-        identity = _reduce_sources(monodepth.identity_errors(target, sources, ssim_weight),
-                                   avg_reprojection)
-        identity = monodepth.automask_delay(identity, automask_active)
+        identity_per_source = monodepth.automask_delay(
+            monodepth.identity_errors(target, sources, ssim_weight), automask_active
+        )
+        identity = _reduce_sources(identity_per_source, avg_reprojection)
 
     def photometric(depth, scale_id):
         errors, _ = monodepth.reprojection_errors(
             depth, target, sources, poses, K, inv_K, ssim_weight
         )
+        noise_key = None if key is None or not automask else monodepth._fold_in(key, scale_id)
+        if reduction == "min":  # Monodepth2's per-pixel minimum itself, noise included
+            per_pixel, _ = min_reprojection(errors, identity_per_source, noise_key,
+                                            avg_reprojection)
+            return jnp.mean(per_pixel)
         reprojection = _reduce_sources(errors, avg_reprojection)
         if identity is None:
             return jnp.mean(reprojection)
         noisy = identity
-        if key is not None:
-            noise_key = monodepth._fold_in(key, scale_id)
+        if noise_key is not None:
             noisy = identity + IDENTITY_NOISE_STD * tie_breaking_noise(
                 noise_key, identity.shape, identity.dtype
             )
-        if reduction == "min":
-            return jnp.mean(jnp.minimum(reprojection, noisy))
         keep = (reprojection <= noisy).astype(reprojection.dtype)
         return global_masked_mean(reprojection, keep, axis_name)
 
@@ -221,8 +223,6 @@ def multi_frame_loss(
       consistency: ``[B, H, W, 1]`` from ``consistency_mask``.
       augmentation: ``[B]`` 1 where matching augmentation was applied (reprojection off).
       axis_name: pmap axis of a sharded batch (masked means over the global batch), or None.
-      automask_active: scalar 0/1 (traced), the automask delay of ``monodepth.automask_delay``
-        (config ``loss.automask_start_step``), or None for always on.
 
     Returns:
       ``(total, aux)``: ``aux`` has ``photometric/s{s}``, ``consistency/s{s}``, ``smoothness/s{s}``,
