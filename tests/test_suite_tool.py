@@ -69,3 +69,23 @@ def test_results_page_tables(tmp_path):
     assert "| `b` | 41.5 | 70.0 | 55.0 | 20.0 | 50.0 |" in text
     assert "![suite](fig.png)" in text
     assert "| `a` | 0.095 | 1.266 | 0.688 | 0.059 | 0.000 |" in text  # cost volume table
+
+
+def test_evaluation_is_computed_once_per_finished_run(tmp_path, monkeypatch):
+    import os
+
+    suite = _suite()
+    eval_dir = tmp_path / "a" / "eval"
+    eval_dir.mkdir(parents=True)
+    final = eval_dir / "train_final_test_metrics.json"
+    final.write_text("{}")
+    calls = []
+    monkeypatch.setattr(suite, "_evaluate",
+                        lambda workdir: calls.append(workdir) or {"n": len(calls)})
+    entry = suite.Entry("a", "demo", "first")
+    assert suite.evaluate(entry, str(tmp_path)) == {"n": 1}
+    assert suite.evaluate(entry, str(tmp_path)) == {"n": 1}  # read back, not recomputed
+    assert len(calls) == 1
+    cache = eval_dir / "suite_eval.json"
+    os.utime(final, (os.path.getmtime(cache) + 10,) * 2)  # the run was trained again
+    assert suite.evaluate(entry, str(tmp_path)) == {"n": 2}

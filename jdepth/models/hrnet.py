@@ -41,11 +41,12 @@ Parameter names follow the PyTorch state-dict keys (timm `hrnet_w18` and DIFFNet
     stage{s}_{m}/fuse_{i}_{j}_{k} / _bn       stage{s}.{m}.fuse_layers.{i}.{j}.{0,1}     (j > i)
                                               stage{s}.{m}.fuse_layers.{i}.{j}.{k}.{0,1} (j < i)
 
-Compile time: the ~300 convolutions (each with a BatchNorm) are unrolled, and a train step's
-program takes minutes to compile on a 2-core CPU (once per run). `nn.scan` over the identical
-blocks and modules cut the encoder's compile about 6x but made the CPU step about 3x slower
-(XLA:CPU runs convolutions inside loops far slower, as inside `lax.cond`: jax-ml/jax#12868), so
-the layers stay unrolled.
+Compile time: the ~300 convolutions (each with a BatchNorm) are unrolled, and the Student-I
+train step takes about 3.5 minutes to compile on a 2-core CPU (once per run; it did not finish
+in 15 minutes until the optimizer update stopped selecting per leaf, jdepth/training/state.py).
+`nn.scan` over the identical blocks and modules cut the encoder's compile about 6x but made the
+CPU step about 3x slower (XLA:CPU runs convolutions inside loops far slower, as inside
+`lax.cond`: jax-ml/jax#12868), so the layers stay unrolled.
 
 Input normalisation: like the ResNet encoder, `(x - 0.45) / 0.225` by default. DIFFNet feeds raw
 [0, 1] RGB (`normalize_input=False`); with BatchNorm right after the first conv the difference is
