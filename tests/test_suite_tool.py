@@ -62,6 +62,7 @@ def test_results_page_tables(tmp_path):
     assert "| `a` | first | 0.286 |" in text
     assert "| `b` | second (**absolute depth**, no median scaling) | 0.270 |" in text
     assert "| baseline | the average training depth map, every image | 0.357 |" in text
+    assert "Training all 2 runs took 0.3 h of wall time in total" in text
     assert "| `a` | 0.286 | 0.372 | 0.400 |" in text
     assert "| baseline | 0.347 | 0.577 | 0.446 |" in text
     # Absolute table: absolute abs_rel and a1, the median-scaled abs_rel, the scale ratio.

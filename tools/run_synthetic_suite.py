@@ -228,6 +228,11 @@ def write_results(entries, results: dict, baseline: dict, path: str,
     if base:
         lines.append("| baseline | the average training depth map, every image | "
                      + " | ".join(_fmt(base[k]) for k in keys) + " | - |")
+    walls = [results[e.name]["train"].get("wall_seconds") for e in entries]
+    if all(w is not None for w in walls):
+        lines += ["", f"Training all {len(entries)} runs took {sum(walls) / 3600:.1f} h of wall "
+                      "time in total (the sum of the `wall` column; evaluation adds a few "
+                      "minutes)."]
     lines += [
         "",
         "## AbsRel by region (exact dense depth, median scaling)",
