@@ -43,7 +43,8 @@ Parameter names follow the PyTorch state-dict keys (timm `hrnet_w18` and DIFFNet
 
 Compile time: the ~300 convolutions (each with a BatchNorm) are unrolled, and the Student-I
 train step takes about 3.5 minutes to compile on a 2-core CPU (once per run; it did not finish
-in 15 minutes until the optimizer update stopped selecting per leaf, jdepth/training/state.py).
+in 15 minutes until the optimizer update's finite-gradient predicate went through a `lax.cond`
+that XLA cannot fuse into the ~1000 per-leaf selects, jdepth/training/state.py).
 `nn.scan` over the identical blocks and modules cut the encoder's compile about 6x but made the
 CPU step about 3x slower (XLA:CPU runs convolutions inside loops far slower, as inside
 `lax.cond`: jax-ml/jax#12868), so the layers stay unrolled.
