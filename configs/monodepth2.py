@@ -89,6 +89,12 @@ def get_config():
     # frame, filled or not; the largest instances win when a frame has more.
     config.piecewise.max_instances = 8
     config.piecewise.min_area_fraction = 0.01  # alpha = 1 % of the image (paper Sec. 4.2)
+    # "residual": instance transform = ego transform @ the object's own motion (starts at the ego
+    # warp); "absolute": the pose net predicts the instance's whole transform.
+    config.piecewise.instance_pose = "residual"
+    # "shared": the ego pose net also makes the instance calls (the paper); "separate": the
+    # instances get their own PoseNet.
+    config.piecewise.instance_network = "shared"
 
     config.optim = config_dict.ConfigDict()
     config.optim.lr = 1e-4

@@ -152,6 +152,29 @@ def test_compose_transforms_picks_the_instance_inside_its_mask_only():
     np.testing.assert_array_equal(out[0, 0, 0], np.asarray(g[0]))
 
 
+def test_residual_instance_pose_is_the_ego_pose_then_the_object_motion():
+    g = jnp.asarray(EGO, jnp.float32)[None]
+    net = jnp.asarray(np.stack([CAR_MOTION, np.eye(4)]), jnp.float32)[None]
+    out = np.asarray(piecewise.instance_transforms(g, net, "residual"))
+    np.testing.assert_allclose(out[0, 0], CAR, atol=1e-6)  # EGO @ CAR_MOTION, the scene's car
+    np.testing.assert_allclose(out[0, 1], EGO, atol=1e-7)  # no own motion: moves with the ego
+    np.testing.assert_array_equal(piecewise.instance_transforms(g, net, "absolute"), net)
+    with pytest.raises(ValueError, match="instance_pose"):
+        piecewise.instance_transforms(g, net, "relative")
+
+
+def test_residual_instance_pose_sends_no_gradient_into_the_ego_pose():
+    g = jnp.asarray(EGO, jnp.float32)[None]
+    net = jnp.asarray(CAR_MOTION, jnp.float32)[None, None]
+
+    def total(global_T, net_T):
+        return jnp.sum(piecewise.instance_transforms(global_T, net_T, "residual") ** 2)
+
+    d_global, d_net = jax.grad(total, argnums=(0, 1))(g, net)
+    np.testing.assert_array_equal(d_global, 0.0)
+    assert float(jnp.abs(d_net).sum()) > 0
+
+
 # --------------------------------------------------------------------------------------------
 # The batched instance call.
 _CALLS = []  # input shapes of every _CountingPoseNet call (flax turns list fields into tuples)
@@ -228,6 +251,71 @@ def _state(config, networks, tx):
         functools.partial(monodepth.init_variables, networks, config), jax.random.PRNGKey(0))
     params, batch_stats = fill_like(shapes)
     return TrainState.create(params, batch_stats, tx)
+
+
+class _GainPoseNet(nn.Module):
+    """Pose = gain * pixel means of the pair: its params decide its poses."""
+
+    @nn.compact
+    def __call__(self, frame_a, frame_b, train):
+        gain = self.param("gain", nn.initializers.ones, ())
+        means = gain * jnp.mean(jnp.concatenate([frame_a, frame_b], axis=-1), axis=(1, 2))
+        return (0.1 * means[:, :3], means[:, 3:]), {}
+
+
+def test_separate_instance_network_makes_the_instance_poses():
+    rng = np.random.default_rng(2)
+    height, width = 6, 8
+    frames = {f: jnp.asarray(rng.uniform(size=(1, height, width, 3)), jnp.float32)
+              for f in (0, 1)}
+    masks = np.zeros((1, 2, 1, height, width), bool)
+    masks[:, :, 0, 1:4, 2:6] = True
+    batch = {"instance_masks": jnp.asarray(masks), "instance_valid": jnp.ones((1, 2, 1), bool),
+             "thing_mask": jnp.asarray(masks[:, :, 0]),
+             "dropped_mask": jnp.zeros((1, height, width), bool)}
+    net = _GainPoseNet()
+    ego = {"gain": jnp.float32(1.0)}
+    other = {"gain": jnp.float32(3.0)}
+
+    def poses(instance_net):
+        return piecewise.predict_piecewise_poses(net, ego, {}, frames, batch, (0, 1),
+                                                 "absolute", instance_net=instance_net)
+
+    global_shared, warp_shared, _, _ = poses(None)
+    global_separate, warp_separate, _, _ = poses((net, other, {}))
+    np.testing.assert_array_equal(global_shared[1], global_separate[1])  # ego: the pose net
+    np.testing.assert_array_equal(warp_separate[1][0, 0, 0], global_separate[1][0])
+    target_masks = batch["instance_masks"][:, 0]
+    for params, warp in ((ego, warp_shared), (other, warp_separate)):
+        expected = piecewise.instance_poses(net, params, {}, 1, frames[0], frames[1],
+                                            target_masks, batch["instance_masks"][:, 1])
+        np.testing.assert_allclose(warp[1][0, 2, 3], expected[0, 0], rtol=1e-6)
+    assert not np.allclose(warp_shared[1][0, 2, 3], warp_separate[1][0, 2, 3])
+
+
+def test_separate_instance_network_is_initialised_and_learns_at_the_pose_rate():
+    config = load_config("demo_piecewise")
+    config.piecewise.instance_network = "separate"
+    networks = monodepth.build_networks(config)
+    params, batch_stats = jax.eval_shape(
+        functools.partial(monodepth.init_variables, networks, config), jax.random.PRNGKey(0))
+    assert set(params) == {"depth", "pose", piecewise.INSTANCE_NET}
+    assert set(batch_stats) == {"depth", "pose", piecewise.INSTANCE_NET}
+    assert jax.tree_util.tree_structure(params["pose"]) == jax.tree_util.tree_structure(
+        params[piecewise.INSTANCE_NET])
+    from jdepth.training import state as state_lib
+
+    tx = state_lib.make_optimizer(config.optim, steps_per_epoch=10)
+    toy = {"depth": jnp.ones(2), "pose": jnp.ones(2), piecewise.INSTANCE_NET: jnp.ones(2)}
+    updates, _ = tx.update(toy, tx.init(toy), toy)  # Adam's first step: -lr * sign(grad)
+    lr = config.optim.lr
+    np.testing.assert_allclose(updates["depth"], -lr, rtol=1e-4)
+    np.testing.assert_allclose(updates["pose"], -lr * config.optim.pose_lr_scale, rtol=1e-4)
+    np.testing.assert_allclose(updates[piecewise.INSTANCE_NET],
+                               -lr * config.optim.pose_lr_scale, rtol=1e-4)
+    config.piecewise.instance_network = "own"
+    with pytest.raises(ValueError, match="instance_network"):
+        monodepth.build_networks(config)
 
 
 def test_config_switch_and_pipeline_settings():

@@ -24,6 +24,18 @@ def test_every_entry_is_a_demo_sized_config_with_the_same_budget():
     assert len(budgets) == 1, budgets
 
 
+def test_every_override_names_a_field_of_its_config():
+    suite = _suite()
+    for entry in suite.SUITE:
+        config = load_config(entry.config)
+        for override in entry.overrides:
+            path = override.removeprefix("--config.").split("=")[0].split(".")
+            node = config
+            for key in path:
+                assert key in node, f"{entry.name}: {override} ({key} not in its config)"
+                node = node[key]
+
+
 def test_student_entry_distils_the_suite_manydepth_run():
     suite = _suite()
     entries = {e.name: e for e in suite.SUITE}
@@ -35,7 +47,8 @@ def test_student_entry_distils_the_suite_manydepth_run():
 
 def test_results_page_tables(tmp_path):
     suite = _suite()
-    entries = [suite.Entry("a", "demo", "first"), suite.Entry("b", "demo_issl", "second")]
+    entries = [suite.Entry("a", "demo", "first"), suite.Entry("b", "demo_issl", "second"),
+               suite.Entry("c", "demo", "ablation: third", ablation=True)]
     metrics = dict(abs_rel=0.25, sq_rel=2.0, rmse=9.0, rmse_log=0.4, a1=0.6, a2=0.8, a3=0.9)
 
     def run(abs_rel, moving, absolute=False, pq=None):
@@ -49,7 +62,8 @@ def test_results_page_tables(tmp_path):
 
     results = {"a": run(0.286, 0.372), "b": run(0.270, 0.301, absolute=True,
                                                 pq=dict(pq=41.5, sq=70.0, rq=55.0, pq_things=20.0,
-                                                        pq_stuff=50.0))}
+                                                        pq_stuff=50.0)),
+               "c": run(0.300, 0.350)}
     baseline = {"all": {"abs_rel": 0.347}, "moving": {"abs_rel": 0.577},
                 "edge_band": {"abs_rel": 0.446}}
     results["a"]["eval"]["cost_volume"] = {
@@ -62,7 +76,9 @@ def test_results_page_tables(tmp_path):
     assert "| `a` | first | 0.286 |" in text
     assert "| `b` | second (**absolute depth**, no median scaling) | 0.270 |" in text
     assert "| baseline | the average training depth map, every image | 0.357 |" in text
-    assert "Training all 2 runs took 0.3 h of wall time in total" in text
+    assert "| `c` | ablation: third | 0.300 |" in text  # ablations are in the tables
+    assert "then `a`, `b` (disparity" in text  # but not in the figure
+    assert "Training all 3 runs took 0.5 h of wall time in total" in text
     assert "| `a` | 0.286 | 0.372 | 0.400 |" in text
     assert "| baseline | 0.347 | 0.577 | 0.446 |" in text
     # Absolute table: absolute abs_rel and a1, the median-scaled abs_rel, the scale ratio.

@@ -46,6 +46,7 @@ class Entry:
     config: str  # configs/<config>.py
     what: str
     overrides: tuple[str, ...] = ()
+    ablation: bool = False  # in the tables, not in the figure
 
 
 _PLUGINS_OFF = ("--config.panoptic.enabled=False", "--config.contrastive.enabled=False",
@@ -58,6 +59,14 @@ SUITE = (
     Entry("manydepth_msff", "manydepth_demo", "ManyDepth + multi-scale feature fusion",
           ("--config.model.msff=True",)),
     Entry("monodepth2_panoptic", "demo_panoptic", "Monodepth2 + panoptic head + contrastive loss"),
+    # Which plug-in term costs depth at this budget (issue 6): each alone, and both at 1/10 weight.
+    Entry("monodepth2_panoptic_head", "demo_panoptic", "ablation: panoptic head only",
+          ("--config.contrastive.enabled=False",), ablation=True),
+    Entry("monodepth2_contrastive", "demo_panoptic", "ablation: contrastive loss only",
+          ("--config.panoptic.enabled=False",), ablation=True),
+    Entry("monodepth2_panoptic_w01", "demo_panoptic",
+          "ablation: panoptic head + contrastive loss at 1/10 weight (0.035, 0.01)",
+          ("--config.panoptic.weight=0.035", "--config.contrastive.weight=0.01"), ablation=True),
     # Student-I's network against `monodepth2` (same objective; ResNet-18 vs HRNet-18 + DIFFNet).
     # Its panoptic + contrastive plug-ins are off: at this budget they cost Monodepth2 depth
     # accuracy (`monodepth2_panoptic`), which would hide the architecture's effect.
@@ -66,6 +75,14 @@ SUITE = (
           _PLUGINS_OFF),
     Entry("monodepth2_piecewise", "demo_piecewise",
           "Monodepth2 + piece-wise pose (one pose per matched car, composed in the warp)"),
+    # The instance call predicting the car's whole transform instead of its motion on top of the
+    # ego pose (jdepth/training/piecewise.py, `instance_pose`).
+    Entry("monodepth2_piecewise_absolute", "demo_piecewise",
+          "ablation: piece-wise pose with absolute instance poses",
+          ("--config.piecewise.instance_pose=absolute",), ablation=True),
+    Entry("monodepth2_piecewise_separate", "demo_piecewise",
+          "ablation: piece-wise pose with a separate instance pose network",
+          ("--config.piecewise.instance_network=separate",), ablation=True),
     # Stage two of the paper's flow: the student distils the finished `manydepth` run ("{runs}" is
     # the suite's runs folder). That teacher has no speed loss, so its scale, and the student's
     # absolute depth, is arbitrary: the scale ratio is in the absolute-depth table. (With
@@ -209,7 +226,7 @@ def write_results(entries, results: dict, baseline: dict, path: str,
         "trained from scratch with its demo config: the same synthetic drives, 192x64, batch 8, "
         "the same number of epochs and the same seed. Test split: one held-out drive. "
         "`wall` is the training time on the machine that ran the suite (a 2-core CPU here, "
-        "often shared by two or three of these runs at once: compare CPU cost with "
+        "often shared by two to four of these runs at once: compare CPU cost with "
         "tools/benchmark.py, not with this column).",
         "",
         "## Test split, Eigen protocol (velodyne GT, Garg crop, median scaling)",
@@ -290,7 +307,8 @@ def write_results(entries, results: dict, baseline: dict, path: str,
     if figure_path:
         rel = os.path.relpath(figure_path, os.path.dirname(os.path.abspath(path)))
         lines += ["", "## Test frames", "",
-                  "Columns: input, exact depth, then " + ", ".join(f"`{e.name}`" for e in entries)
+                  "Columns: input, exact depth, then "
+                  + ", ".join(f"`{e.name}`" for e in entries if not e.ablation)
                   + " (disparity, colour-mapped per image).", "", f"![suite]({rel})"]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -324,7 +342,7 @@ def main(argv=None) -> int:
     baseline = baseline_regions(entries[0], args.runs)
     figure_path = None if args.no_figure else args.figure
     if figure_path:
-        figure(entries, args.runs, figure_path)
+        figure([e for e in entries if not e.ablation], args.runs, figure_path)
     write_results(entries, results, baseline, args.results, figure_path)
     json_path = args.json or os.path.splitext(args.results)[0] + ".json"
     with open(json_path, "w") as f:

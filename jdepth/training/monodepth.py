@@ -21,8 +21,8 @@ from jdepth import geometry
 from jdepth.data import device_transforms
 from jdepth.interop import encoder_init
 from jdepth.losses import issl
-from jdepth.losses import velocity as velocity_lib
 from jdepth.losses import monodepth as monodepth_losses
+from jdepth.losses import velocity as velocity_lib
 from jdepth.models.depth_decoder import DepthNet
 from jdepth.models.diffnet_decoder import HRDepthNet
 from jdepth.models.pose_net import PoseNet
@@ -70,15 +70,18 @@ def build_depth_network(config, bn_axis_name: str | None, dtype) -> nn.Module:
 def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Module]:
     """The depth and pose networks of the recipe, as linen modules (pure `apply`)."""
     dtype = jnp.dtype(config.model.dtype)
-    networks = {
-        "depth": build_depth_network(config, bn_axis_name, dtype),
-        "pose": PoseNet(
+
+    def pose_net():
+        return PoseNet(
             num_layers=config.model.pose_num_layers,
             bn_axis_name=bn_axis_name,
             zero_init_output=config.model.get("pose_zero_init", False),
             dtype=dtype,
-        ),
-    }
+        )
+
+    networks = {"depth": build_depth_network(config, bn_axis_name, dtype), "pose": pose_net()}
+    if piecewise.separate_network(config):
+        networks[piecewise.INSTANCE_NET] = pose_net()
     if panoptic_plugin.head_enabled(config):
         networks[panoptic_plugin.HEAD] = panoptic_plugin.build_head(config, dtype)
     return networks
@@ -93,6 +96,11 @@ def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
     pose_vars = networks["pose"].init(pose_rng, image, image, train=False)
     params = {"depth": depth_vars["params"], "pose": pose_vars["params"]}
     batch_stats = {"depth": depth_vars["batch_stats"], "pose": pose_vars["batch_stats"]}
+    if piecewise.INSTANCE_NET in networks:
+        instance_vars = networks[piecewise.INSTANCE_NET].init(
+            jax.random.fold_in(pose_rng, 1), image, image, train=False)
+        params[piecewise.INSTANCE_NET] = instance_vars["params"]
+        batch_stats[piecewise.INSTANCE_NET] = instance_vars["batch_stats"]
     if panoptic_plugin.HEAD in networks:  # no batch_stats: the head uses GroupNorm
         features = jax.eval_shape(
             lambda: networks["depth"].apply(depth_vars, image, train=False)[1]["encoder_features"]
@@ -236,7 +244,11 @@ def train_step(
             # Ego pose on thing-masked pairs; the warp composes per-instance poses (Sec. 3.3).
             poses, warp_poses, pose_stats, piecewise_aux = piecewise.predict_piecewise_poses(
                 networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, batch,
-                tuple(config.data.frame_ids),
+                tuple(config.data.frame_ids), config.piecewise.get("instance_pose", "residual"),
+                instance_net=(
+                    (networks[piecewise.INSTANCE_NET], params[piecewise.INSTANCE_NET],
+                     state.batch_stats[piecewise.INSTANCE_NET])
+                    if piecewise.INSTANCE_NET in networks else None),
             )
             pixel_weights = piecewise.photometric_weights(batch["dropped_mask"])
         else:
@@ -260,7 +272,10 @@ def train_step(
                 disps, frames, pyramid, warp_poses, K, inv_K, sample_keys, config,
                 pixel_weights=pixel_weights, step=state.step,
             )
-        batch_stats = {"depth": depth_updates["batch_stats"], "pose": pose_stats}
+        # Networks without updates here (a separate instance pose net: its updates are
+        # discarded, jdepth/training/piecewise.py) keep their statistics.
+        batch_stats = {**state.batch_stats, "depth": depth_updates["batch_stats"],
+                       "pose": pose_stats}
         aux = {**aux, **pose_summary(poses), **piecewise_aux}
         if config.loss.get("velocity_weight", 0.0) > 0:
             # Speed supervision: needs `data.load_velocity` (oxts vf of every frame).

@@ -8,6 +8,22 @@
   6-DoF pose per slot of `batch["instance_masks"]` (jdepth/data/instances.py). All B * M slots
   run as ONE batched call per source frame (reshape `[B * M, H, W, 3]`), padded slots included:
   static shapes, one compilation whatever the number of instances.
+* Which network makes the instance call (`config.piecewise.instance_network`): "shared" (the
+  paper: "we reconfigure the pose estimation network") runs the recipe's pose net on the masked
+  instance pairs too; "separate" gives the instances their own PoseNet (params and batch_stats
+  under "instance_pose", learning rate of the "pose" group), so the ego pose net never fits
+  instance pairs.
+* What the instance call predicts (`config.piecewise.instance_pose`, our choice: the paper does
+  not say). "residual" (default): the object's own motion M in the target camera frame, so the
+  instance's transform is T_global @ M, with T_global held fixed there (stop-gradient: cars do
+  not move the ego pose). The pose decoder starts near identity (outputs x 0.01), so at step 0
+  every instance moves with the camera, exactly the global warp, and a parked car never has to
+  re-learn the ego-motion from a mostly black masked pair. "absolute": the net predicts the whole
+  target->source transform of the instance; it starts at identity (the car pixels do not move,
+  whatever their depth: no depth signal there until the net learns the ego motion from them).
+  At the demo budget neither choice, nor a separate instance network, gets depth as good as
+  without piece-wise pose (RESULTS.md): all of them keep the ego translation small (see the
+  `pose/t_norm` log), so the cause is upstream of the instance call.
 * Composed warp: every target pixel inside a valid, matched target instance is moved by that
   instance's transform, every other pixel by the global one: a per-pixel `[B, H, W, 4, 4]`
   transform that `geometry.inverse_warp` (and so `losses.monodepth.monodepth_loss`) consumes at
@@ -43,11 +59,24 @@ from flax import linen as nn
 
 from jdepth import geometry
 
+INSTANCE_NET = "instance_pose"  # params / batch_stats key of the "separate" instance pose net
+
 
 def is_enabled(config) -> bool:
     """Whether `config.piecewise.enabled` is set (no `piecewise` section: off)."""
     cfg = config.get("piecewise")
     return bool(cfg is not None and cfg.enabled)
+
+
+def separate_network(config) -> bool:
+    """Whether the instance poses come from their own PoseNet (`instance_network`)."""
+    if not is_enabled(config):
+        return False
+    kind = config.piecewise.get("instance_network", "shared")
+    if kind not in ("shared", "separate"):
+        raise ValueError(f"jdepth/training/piecewise.py: piecewise.instance_network must be "
+                         f"'shared' or 'separate', got {kind!r}")
+    return kind == "separate"
 
 
 def pipeline_settings(config) -> dict[str, Any]:
@@ -115,6 +144,26 @@ def instance_poses(
     return T.reshape(batch, slots, 4, 4)
 
 
+def instance_transforms(global_T: jax.Array, net_T: jax.Array, mode: str) -> jax.Array:
+    """The instance slots' target->source transforms from the instance call's output.
+
+    Args:
+      global_T: ``[B, 4, 4]`` ego transform of the pair.
+      net_T: ``[B, M, 4, 4]`` the pose net's transform of every slot.
+      mode: "residual" (net_T is the object's motion in the target camera frame, applied before
+        the ego motion; no gradient into global_T) or "absolute" (net_T is the transform).
+
+    Returns:
+      ``[B, M, 4, 4]``.
+    """
+    if mode == "absolute":
+        return net_T
+    if mode == "residual":
+        return jnp.einsum("bij,bmjk->bmik", jax.lax.stop_gradient(global_T), net_T)
+    raise ValueError(f"jdepth/training/piecewise.py: piecewise.instance_pose must be 'residual' "
+                     f"or 'absolute', got {mode!r}")
+
+
 def compose_transforms(
     global_T: jax.Array, instance_T: jax.Array, target_masks: jax.Array, valid: jax.Array
 ) -> jax.Array:
@@ -143,7 +192,8 @@ def photometric_weights(dropped_mask: jax.Array) -> jax.Array:
 
 def predict_piecewise_poses(
     pose_net: nn.Module, params, batch_stats, frames: dict[int, jax.Array], batch: dict,
-    frame_ids: tuple[int, ...],
+    frame_ids: tuple[int, ...], instance_pose: str = "residual",
+    instance_net: tuple[nn.Module, Any, Any] | None = None,
 ) -> tuple[dict[int, jax.Array], dict[int, jax.Array], Any, dict[str, jax.Array]]:
     """Global and composed poses of every source frame (module docstring), train mode.
 
@@ -153,6 +203,9 @@ def predict_piecewise_poses(
       batch: holds ``instance_masks`` ``[B, F, M, H, W]``, ``instance_valid`` ``[B, F, M]`` and
         ``thing_mask`` ``[B, F, H, W]`` in `frame_ids` order (jdepth/data/instances.py).
       frame_ids: the order of the F axis.
+      instance_pose: "residual" or "absolute" (`instance_transforms`).
+      instance_net: (network, params, batch_stats) of a separate instance pose net; None: the
+        instance call uses `pose_net` (shared).
 
     Returns:
       (global poses {f: ``[B, 4, 4]``}, warp poses {f: ``[B, H, W, 4, 4]``}, updated
@@ -163,15 +216,18 @@ def predict_piecewise_poses(
     keep = 1.0 - batch["thing_mask"].astype(jnp.float32)[..., None]
     target_masks = batch["instance_masks"][:, index[0]]
     global_poses, warp_poses, matched = {}, {}, []
+    shared = instance_net is None
     for f in sorted(k for k in frames if k != 0):
         T, batch_stats = _pose_pair(
             pose_net, params, batch_stats, f, frames[0] * keep[:, index[0]],
             frames[f] * keep[:, index[f]]
         )
-        instance_T = instance_poses(
-            pose_net, params, batch_stats, f, frames[0], frames[f], target_masks,
+        net, net_params, net_stats = (
+            (pose_net, params, batch_stats) if shared else instance_net)
+        instance_T = instance_transforms(T, instance_poses(
+            net, net_params, net_stats, f, frames[0], frames[f], target_masks,
             batch["instance_masks"][:, index[f]]
-        )
+        ), instance_pose)
         valid = batch["instance_valid"][:, index[f]] & batch["instance_valid"][:, index[0]]
         global_poses[f] = T
         warp_poses[f] = compose_transforms(T, instance_T, target_masks, valid)

@@ -10,6 +10,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+# Optimizer group of each network name under `pose_lr_scale` (others: "other").
+_GROUPS = {"depth": "depth", "pose": "pose", "instance_pose": "pose"}
+
 
 @struct.dataclass
 class TrainState:
@@ -95,7 +98,8 @@ def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformat
     direction of motion against a featureless depth map before the depth net can co-adapt to a
     wrong one (configs/demo.py). Adam's moments still accumulate during the hold.
     `optim_cfg.pose_lr_scale` multiplies the "pose" network's learning rate (its outputs are
-    scaled by 0.01, so from scratch it is the slow learner of the pair).
+    scaled by 0.01, so from scratch it is the slow learner of the pair), and that of a separate
+    instance pose net ("instance_pose", jdepth/training/piecewise.py).
     """
     schedule = learning_rate_schedule(
         optim_cfg.lr, steps_per_epoch, optim_cfg.decay_epochs, optim_cfg.decay_factor
@@ -116,7 +120,7 @@ def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformat
             groups,
             lambda params: {
                 name: jax.tree_util.tree_map(
-                    lambda _: name if name in ("depth", "pose") else "other", sub
+                    lambda _: _GROUPS.get(name, "other"), sub
                 )
                 for name, sub in params.items()
             },
