@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jdepth.training.piecewise import INSTANCE_NET
+
 # Optimizer group of each network name under `pose_lr_scale` (others: "other").
-_GROUPS = {"depth": "depth", "pose": "pose", "instance_pose": "pose"}
+_GROUPS = {"depth": "depth", "pose": "pose", INSTANCE_NET: "pose"}
 
 
 @struct.dataclass
