@@ -49,6 +49,10 @@ def get_config():
     # True: the pose decoder's output conv starts at zero (identity poses); the reference's
     # random init is False. Helps training from scratch (configs/demo.py).
     config.model.pose_zero_init = False
+    # Metric runs (speed loss): initial depth in metres (0: the reference's sigmoid(0)) and the
+    # pose translation factor (0.01: the reference). jdepth/training/metric_init.py.
+    config.model.init_depth = 0.0
+    config.model.pose_translation_scale = 0.01
 
     config.loss = config_dict.ConfigDict()
     config.loss.ssim_weight = 0.85
@@ -68,6 +72,7 @@ def get_config():
     config.issl = config_dict.ConfigDict()
     config.issl.enabled = False
     config.issl.weight = 0.1  # lambda_3
+    config.issl.start_step = 0  # weight 0 before this step (jdepth/training/plugin_warmup.py)
     config.issl.num_samples = 4  # n_k self-samples per target image
     config.issl.distribution = "uniform"  # or "gaussian" (std theta/2, clipped to theta)
     config.issl.theta_r_start = 0.005  # rotation range (rad) in the first epoch ...
@@ -95,6 +100,8 @@ def get_config():
     # "shared": the ego pose net also makes the instance calls (the paper); "separate": the
     # instances get their own PoseNet.
     config.piecewise.instance_network = "shared"
+    # Warm-up (jdepth/training/plugin_warmup.py): a Monodepth2 step before this step. 0: paper.
+    config.piecewise.start_step = 0
 
     config.optim = config_dict.ConfigDict()
     config.optim.lr = 1e-4

@@ -101,6 +101,6 @@ def test_train_step_with_panoptic_and_contrastive_compiles_once_and_is_finite():
 def test_missing_labels_are_reported():
     config = _config()
     networks = monodepth.build_networks(config)
-    extra = panoptic_plugin.make_extra_loss(networks, config)
+    extra = panoptic_plugin.make_extra_loss(networks, config, 0)
     with pytest.raises(ValueError, match="load_panoptic"):
         extra({}, {}, {"frames": {}}, {}, jax.random.PRNGKey(0))

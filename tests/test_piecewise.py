@@ -263,16 +263,25 @@ class _GainPoseNet(nn.Module):
         return (0.1 * means[:, :3], means[:, 3:]), {}
 
 
-def test_separate_instance_network_makes_the_instance_poses():
-    rng = np.random.default_rng(2)
+def _one_instance_pair(seed: int, dropped_pixel=None):
+    """Frames {0, 1} of 6x8 noise, one matched instance, optionally one dropped thing pixel."""
+    rng = np.random.default_rng(seed)
     height, width = 6, 8
     frames = {f: jnp.asarray(rng.uniform(size=(1, height, width, 3)), jnp.float32)
               for f in (0, 1)}
     masks = np.zeros((1, 2, 1, height, width), bool)
     masks[:, :, 0, 1:4, 2:6] = True
+    dropped = np.zeros((1, height, width), bool)
+    if dropped_pixel is not None:
+        dropped[(0, *dropped_pixel)] = True
     batch = {"instance_masks": jnp.asarray(masks), "instance_valid": jnp.ones((1, 2, 1), bool),
-             "thing_mask": jnp.asarray(masks[:, :, 0]),
-             "dropped_mask": jnp.zeros((1, height, width), bool)}
+             "thing_mask": jnp.asarray(masks[:, :, 0] | dropped[:, None]),
+             "dropped_mask": jnp.asarray(dropped)}
+    return frames, batch
+
+
+def test_separate_instance_network_makes_the_instance_poses():
+    frames, batch = _one_instance_pair(2)
     net = _GainPoseNet()
     ego = {"gain": jnp.float32(1.0)}
     other = {"gain": jnp.float32(3.0)}
@@ -291,6 +300,36 @@ def test_separate_instance_network_makes_the_instance_poses():
                                             target_masks, batch["instance_masks"][:, 1])
         np.testing.assert_allclose(warp[1][0, 2, 3], expected[0, 0], rtol=1e-6)
     assert not np.allclose(warp_shared[1][0, 2, 3], warp_separate[1][0, 2, 3])
+
+
+def test_warmup_is_the_global_step_until_start_step_then_piecewise():
+    frames, batch = _one_instance_pair(3, dropped_pixel=(5, 0))
+    net, params = _GainPoseNet(), {"gain": jnp.float32(1.0)}
+    section = load_config("demo_piecewise").piecewise
+    section.start_step = 5
+
+    @jax.jit
+    def poses_at(step):
+        return piecewise.train_poses(net, params, {}, frames, batch, (0, 1), section, step)
+
+    g0, w0, _, aux0, weights0 = poses_at(jnp.int32(4))
+    g1, w1, _, aux1, weights1 = poses_at(jnp.int32(5))
+    assert poses_at._cache_size() == 1  # one program, the branch picked by the traced step
+    # Before: unmasked ego pair (Monodepth2's call), the global warp everywhere, nothing dropped.
+    (axisangle, translation), _ = net.apply({"params": params}, frames[0], frames[1], train=False)
+    np.testing.assert_allclose(
+        g0[1], geometry.transformation_from_parameters(axisangle, translation), rtol=1e-6)
+    np.testing.assert_array_equal(w0[1], jnp.broadcast_to(g0[1][:, None, None], w0[1].shape))
+    assert np.all(np.asarray(weights0) == 1.0) and float(aux0["piecewise/active"]) == 0.0
+    # From the start step: exactly predict_piecewise_poses and the dropped-pixel weights.
+    g, w, _, _ = piecewise.predict_piecewise_poses(net, params, {}, frames, batch, (0, 1),
+                                                   section.instance_pose)
+    np.testing.assert_allclose(g1[1], g[1], rtol=1e-6)
+    np.testing.assert_allclose(w1[1], w[1], rtol=1e-6)
+    assert not np.allclose(g1[1], g0[1])  # the thing-masked pair gives another ego pose
+    assert float(weights1[0, 5, 0, 0]) == 0.0 and float(jnp.sum(1 - weights1)) == 1.0
+    assert float(aux1["piecewise/active"]) == 1.0
+    assert aux0["piecewise/matched"] == aux1["piecewise/matched"] == 1.0
 
 
 def test_separate_instance_network_is_initialised_and_learns_at_the_pose_rate():

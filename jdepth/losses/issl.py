@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from jdepth import geometry
+from jdepth.training import plugin_warmup
 
 DISTRIBUTIONS = ("uniform", "gaussian")
 
@@ -357,7 +358,7 @@ def make_extra_loss(depth_net, config, step: jax.Array):
     Args:
       depth_net: the family's DepthNet (linen module).
       config: the experiment config with an ``issl`` section and ``model.min_depth/max_depth``.
-      step: the state's step (drives the theta_R schedule).
+      step: the state's step (drives the theta_R schedule and the `issl.start_step` warm-up).
 
     Returns:
       ``fn(params, batch_stats, inputs, outputs, rng) -> (loss, aux)`` reading
@@ -369,6 +370,7 @@ def make_extra_loss(depth_net, config, step: jax.Array):
     theta_r = theta_r_schedule(
         step, steps_per_epoch, num_epochs, issl_config.theta_r_start, issl_config.theta_r_end
     )
+    live = plugin_warmup.active(step, plugin_warmup.start_step(issl_config))
     min_depth, max_depth = config.model.min_depth, config.model.max_depth
 
     def depth_fn(params, batch_stats, images):
@@ -385,9 +387,13 @@ def make_extra_loss(depth_net, config, step: jax.Array):
             )
         keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(inputs["index"])
         depth = geometry.disp_to_depth(outputs["disps"][0], min_depth, max_depth)[1]
-        return issl_objective(
+        weighted, aux = issl_objective(
             depth_fn, params, batch_stats, inputs["frames_aug"][0], depth,
             inputs["K"], inputs["inv_K"], keys, theta_r, issl_config,
         )
+        # Warm-up (jdepth/training/plugin_warmup.py): weight 0 before issl.start_step. The term
+        # is still computed then (see plugin_warmup on why not lax.cond).
+        weighted = live * weighted
+        return weighted, {**aux, "issl": weighted}
 
     return extra_loss

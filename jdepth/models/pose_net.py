@@ -37,6 +37,9 @@ class PoseDecoder(nn.Module):
         num_frames_to_predict_for: poses predicted (the reference uses 2 and reads only index 0).
         zero_init_output: start the output conv at zero, so training starts from identity poses
             (the reference initialises it like every conv; see PoseNet).
+        translation_scale: factor on the raw translation output (the reference: POSE_SCALE, like
+            the rotation). Metric training sets it so that metres per frame are O(1) raw units
+            (jdepth/training/metric_init.py).
         dtype: computation dtype; poses are returned in float32.
     """
 
@@ -44,6 +47,7 @@ class PoseDecoder(nn.Module):
     num_input_features: int = 1
     num_frames_to_predict_for: int = 2
     zero_init_output: bool = False
+    translation_scale: float = POSE_SCALE
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -84,9 +88,9 @@ class PoseDecoder(nn.Module):
             num_out, 1, 256, dtype=self.dtype, name="pose_2", zero_init=self.zero_init_output
         )(x)
 
-        pose = POSE_SCALE * jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        pose = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         pose = pose.reshape(-1, self.num_frames_to_predict_for, 6)
-        return pose[..., :3], pose[..., 3:]
+        return POSE_SCALE * pose[..., :3], self.translation_scale * pose[..., 3:]
 
 
 class PoseNet(nn.Module):
@@ -99,12 +103,14 @@ class PoseNet(nn.Module):
             init the first poses point in a random direction; from scratch (no ImageNet weights) the
             depth net fits its structure to that direction before the slow pose net (outputs x0.01)
             turns, and the pair can settle in a wrong minimum (see configs/demo.py).
+        translation_scale: see PoseDecoder.
         dtype: computation dtype; poses are returned in float32.
     """
 
     num_layers: int = 18
     bn_axis_name: str | None = None
     zero_init_output: bool = False
+    translation_scale: float = POSE_SCALE
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -139,6 +145,7 @@ class PoseNet(nn.Module):
             1,
             2,
             zero_init_output=self.zero_init_output,
+            translation_scale=self.translation_scale,
             dtype=self.dtype,
             name="decoder",
         )([features[-1]])

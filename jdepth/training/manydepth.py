@@ -39,7 +39,7 @@ from jdepth.losses import manydepth as md_losses
 from jdepth.losses import velocity as velocity_lib
 from jdepth.models.manydepth import MATCHING_SCALE, ManyDepthNet
 from jdepth.models.manydepth_hrnet import ManyDepthHRNet
-from jdepth.training import monodepth, teacher_freeze
+from jdepth.training import metric_init, monodepth, teacher_freeze
 from jdepth.training import panoptic as panoptic_plugin
 from jdepth.training.state import TrainState
 from jdepth.training.teacher_freeze import make_optimizer  # noqa: F401  (recipe protocol)
@@ -132,6 +132,7 @@ def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
         depth_rng, image, image[:, None], jnp.zeros((1, 1, 4, 4)), K, K, 0.1, 10.0, train=False
     )
     params = {"depth": depth_vars["params"], "mono": params["depth"], "pose": params["pose"]}
+    params = metric_init.apply(params, config, ("depth",))  # the mono net's was set above
     batch_stats = {
         "depth": depth_vars["batch_stats"],
         "mono": batch_stats["depth"],
@@ -270,9 +271,9 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
                          "inv_K": inputs["inv_K"], "index": inputs["index"]}
         if "panoptic" in inputs:
             plugin_inputs["panoptic"] = inputs["panoptic"]
-        plugin_total, plugin_aux = panoptic_plugin.make_extra_loss(networks, config)(
-            params, batch_stats, plugin_inputs, outputs, inputs["plugin_rng"]
-        )
+        plugin = panoptic_plugin.make_extra_loss(networks, config, inputs["step"])
+        plugin_total, plugin_aux = plugin(
+            params, batch_stats, plugin_inputs, outputs, inputs["plugin_rng"])
         total = total + plugin_total
         aux.update({k: v for k, v in plugin_aux.items() if jnp.ndim(v) == 0})
     aux.update({
@@ -306,7 +307,7 @@ def train_step(
         "K_match": batch["K"][:, MATCHING_SCALE], "inv_K_match": batch["inv_K"][:, MATCHING_SCALE],
         "sample_keys": monodepth.automask_noise_key(step_rng, batch["index"]),
         "static": static, "zero_cost_volume": zero, "index": batch["index"],
-        "plugin_rng": jax.random.fold_in(step_rng, 2),
+        "plugin_rng": jax.random.fold_in(step_rng, 2), "step": state.step,
     }
     active = monodepth.automask_active(config, state.step)  # loss.automask_start_step
     if active is not None:

@@ -25,9 +25,9 @@ from jdepth.losses import monodepth as monodepth_losses
 from jdepth.losses import velocity as velocity_lib
 from jdepth.models.depth_decoder import DepthNet
 from jdepth.models.diffnet_decoder import HRDepthNet
-from jdepth.models.pose_net import PoseNet
+from jdepth.models.pose_net import POSE_SCALE, PoseNet
+from jdepth.training import metric_init, piecewise
 from jdepth.training import panoptic as panoptic_plugin
-from jdepth.training import piecewise
 from jdepth.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -76,6 +76,8 @@ def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Modu
             num_layers=config.model.pose_num_layers,
             bn_axis_name=bn_axis_name,
             zero_init_output=config.model.get("pose_zero_init", False),
+            # Metric runs: 1.0 (jdepth/training/metric_init.py).
+            translation_scale=config.model.get("pose_translation_scale", POSE_SCALE),
             dtype=dtype,
         )
 
@@ -108,6 +110,7 @@ def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
         params[panoptic_plugin.HEAD] = panoptic_plugin.init_head(
             networks[panoptic_plugin.HEAD], features, jax.random.fold_in(rng, 1)
         )
+    params = metric_init.apply(params, config)  # model.init_depth
     # Pretrained (ImageNet or converted) weights, see jdepth/interop/encoder_init.py.
     return encoder_init.apply(params, batch_stats, config.model.get("encoder_init", "scratch"))
 
@@ -223,7 +226,7 @@ def train_step(
     if issl.is_enabled(config):
         extra_loss_fns.append(issl.make_extra_loss(networks["depth"], config, state.step))
     if panoptic_plugin.is_enabled(config):
-        extra_loss_fns.append(panoptic_plugin.make_extra_loss(networks, config))
+        extra_loss_fns.append(panoptic_plugin.make_extra_loss(networks, config, state.step))
     frames, frames_aug, pyramid, K, inv_K = prepare_batch(batch, config)
     sample_keys = automask_noise_key(step_rng, batch["index"])
     if config.loss.get("v1_multiscale", False):
@@ -242,15 +245,14 @@ def train_step(
         )
         if piecewise.is_enabled(config):
             # Ego pose on thing-masked pairs; the warp composes per-instance poses (Sec. 3.3).
-            poses, warp_poses, pose_stats, piecewise_aux = piecewise.predict_piecewise_poses(
+            poses, warp_poses, pose_stats, piecewise_aux, pixel_weights = piecewise.train_poses(
                 networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, batch,
-                tuple(config.data.frame_ids), config.piecewise.get("instance_pose", "residual"),
+                tuple(config.data.frame_ids), config.piecewise, state.step,
                 instance_net=(
                     (networks[piecewise.INSTANCE_NET], params[piecewise.INSTANCE_NET],
                      state.batch_stats[piecewise.INSTANCE_NET])
                     if piecewise.INSTANCE_NET in networks else None),
             )
-            pixel_weights = piecewise.photometric_weights(batch["dropped_mask"])
         else:
             poses, pose_stats = predict_poses(
                 networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, train=True

@@ -27,6 +27,7 @@ from jdepth.eval import panoptic as panoptic_eval
 from jdepth.losses import contrastive as contrastive_lib
 from jdepth.losses import panoptic as panoptic_loss_lib
 from jdepth.models.panoptic_head import PanopticHead
+from jdepth.training import plugin_warmup
 
 HEAD = "panoptic"  # key of the head in networks / params
 
@@ -78,8 +79,12 @@ def init_head(head: PanopticHead, encoder_features_shapes, rng: jax.Array):
     return head.init(rng, dummy)["params"]
 
 
-def make_extra_loss(networks: dict, config):
+def make_extra_loss(networks: dict, config, step: jax.Array | int):
     """The plug-in for `training.monodepth.train_step`'s `extra_loss_fn` protocol.
+
+    `step` (the state's step, may be traced) drives the warm-ups `panoptic.start_step` and
+    `contrastive.start_step` (jdepth/training/plugin_warmup.py): before them the head trains on
+    gradient-stopped encoder features and the contrastive weight is 0.
 
     Returns:
       fn(params, batch_stats, inputs, outputs, rng) -> (loss, aux) reading
@@ -88,6 +93,10 @@ def make_extra_loss(networks: dict, config):
       "panoptic" / "contrastive" (weighted terms added to the total) and their components.
     """
     use_head, use_contrastive = head_enabled(config), contrastive_enabled(config)
+    head_live = (plugin_warmup.active(step, plugin_warmup.start_step(config.panoptic))
+                 if use_head else None)
+    contrastive_live = (plugin_warmup.active(step, plugin_warmup.start_step(config.contrastive))
+                        if use_contrastive else None)
 
     def extra_loss(params, batch_stats, inputs, outputs, rng):
         del batch_stats  # the head has no BatchNorm (GroupNorm; see its module docstring)
@@ -100,19 +109,20 @@ def make_extra_loss(networks: dict, config):
         depth_aux = outputs["depth_aux"]
         total, aux = 0.0, {}
         if use_head:
-            stages, _ = networks[HEAD].apply(
-                {"params": params[HEAD]}, head_inputs(depth_aux["encoder_features"])
-            )
+            features = plugin_warmup.scale_gradient(
+                head_inputs(depth_aux["encoder_features"]), head_live)
+            stages, _ = networks[HEAD].apply({"params": params[HEAD]}, features)
             raw, pan_aux = panoptic_loss_lib.panoptic_loss(stages, labels, rng, config.panoptic)
             weighted = config.panoptic.weight * raw
             aux.update(pan_aux)
             aux["panoptic"], aux["panoptic/unweighted"] = weighted, raw
+            aux["panoptic/encoder_grad"] = head_live
             total = total + weighted
         if use_contrastive:
             raw, con_aux = contrastive_lib.multiscale_contrastive_loss(
                 depth_aux["decoder_features"], labels, config.contrastive
             )
-            weighted = config.contrastive.weight * raw
+            weighted = config.contrastive.weight * contrastive_live * raw
             aux.update(con_aux)
             aux["contrastive"], aux["contrastive/unweighted"] = weighted, raw
             total = total + weighted

@@ -17,6 +17,9 @@ def panoptic_section() -> config_dict.ConfigDict:
     cfg = config_dict.ConfigDict()
     cfg.enabled = False
     cfg.weight = 0.35  # lambda_Pan into depth training (paper Sec. 4.2.1)
+    # Warm-up (jdepth/training/plugin_warmup.py): the head's gradient reaches the depth encoder
+    # from this step; before it the head trains on gradient-stopped features. 0: the paper.
+    cfg.start_step = 0
     cfg.num_classes = 19  # Cityscapes train classes; the head adds a no-object class
     cfg.num_proposals = 100
     cfg.hidden_dim = 256
@@ -49,6 +52,7 @@ def contrastive_section() -> config_dict.ConfigDict:
     cfg.enabled = False
     # The paper gives no weight for eq. 1; FSRE's triplet loss, which it replaces, uses 0.1.
     cfg.weight = 0.1
+    cfg.start_step = 0  # weight 0 before this step (jdepth/training/plugin_warmup.py); 0: paper
     cfg.kind = "supcon"  # eq. 1; "triplet": FSRE's semantics-guided triplet loss (ablation)
     # Positives share the panoptic segment ("panoptic", the paper) or only the class ("semantic":
     # with kind="triplet" this is FSRE's loss as published).

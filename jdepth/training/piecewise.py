@@ -24,6 +24,9 @@
   At the demo budget neither choice, nor a separate instance network, gets depth as good as
   without piece-wise pose (RESULTS.md): all of them keep the ego translation small (see the
   `pose/t_norm` log), so the cause is upstream of the instance call.
+* Warm-up (`config.piecewise.start_step`, 0 = the paper): before it the objective is
+  Monodepth2's (unmasked ego pairs, global warp, no pixel dropped; `train_poses`; why:
+  jdepth/training/plugin_warmup.py).
 * Composed warp: every target pixel inside a valid, matched target instance is moved by that
   instance's transform, every other pixel by the global one: a per-pixel `[B, H, W, 4, 4]`
   transform that `geometry.inverse_warp` (and so `losses.monodepth.monodepth_loss`) consumes at
@@ -58,6 +61,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jdepth import geometry
+from jdepth.training import plugin_warmup
 
 INSTANCE_NET = "instance_pose"  # params / batch_stats key of the "separate" instance pose net
 
@@ -215,7 +219,7 @@ def predict_piecewise_poses(
     index = {f: i for i, f in enumerate(frame_ids)}
     keep = 1.0 - batch["thing_mask"].astype(jnp.float32)[..., None]
     target_masks = batch["instance_masks"][:, index[0]]
-    global_poses, warp_poses, matched = {}, {}, []
+    global_poses, warp_poses = {}, {}
     shared = instance_net is None
     for f in sorted(k for k in frames if k != 0):
         T, batch_stats = _pose_pair(
@@ -231,14 +235,58 @@ def predict_piecewise_poses(
         valid = batch["instance_valid"][:, index[f]] & batch["instance_valid"][:, index[0]]
         global_poses[f] = T
         warp_poses[f] = compose_transforms(T, instance_T, target_masks, valid)
-        matched.append(jnp.mean(jnp.sum(valid, axis=1).astype(jnp.float32)))
-    aux = {
-        "piecewise/instances": jnp.mean(
-            jnp.sum(batch["instance_valid"][:, index[0]], axis=1).astype(jnp.float32)),
+    return global_poses, warp_poses, batch_stats, instance_statistics(batch, frame_ids)
+
+
+def instance_statistics(batch: dict, frame_ids: tuple[int, ...]) -> dict[str, jax.Array]:
+    """Log scalars of the batch's instance targets: slots filled, matched per source, dropped."""
+    index = {f: i for i, f in enumerate(frame_ids)}
+    valid = batch["instance_valid"]
+    matched = [jnp.mean(jnp.sum(valid[:, index[f]] & valid[:, index[0]], axis=1).astype(
+        jnp.float32)) for f in frame_ids if f != 0]
+    return {
+        "piecewise/instances": jnp.mean(jnp.sum(valid[:, index[0]], axis=1).astype(jnp.float32)),
         "piecewise/matched": sum(matched) / len(matched),
         "piecewise/dropped_fraction": jnp.mean(batch["dropped_mask"].astype(jnp.float32)),
     }
-    return global_poses, warp_poses, batch_stats, aux
+
+
+def train_poses(
+    pose_net: nn.Module, params, batch_stats, frames: dict[int, jax.Array], batch: dict,
+    frame_ids: tuple[int, ...], piecewise_config, step: jax.Array,
+    instance_net: tuple[nn.Module, Any, Any] | None = None,
+) -> tuple[dict[int, jax.Array], dict[int, jax.Array], Any, dict[str, jax.Array], jax.Array]:
+    """The poses of a piece-wise step, with the warm-up `piecewise.start_step`.
+
+    Before the start step the step computes Monodepth2's objective: the thing mask is lifted from
+    the ego pairs, every instance slot is invalid (the global warp everywhere) and no pixel is
+    dropped. The gate is a traced value of the step, so switching on does not recompile; the
+    instance call still runs in the warm-up (see jdepth/training/plugin_warmup.py on why not
+    `lax.cond`), so the warm-up costs a piece-wise step.
+
+    Args:
+      piecewise_config: the `config.piecewise` section (`instance_pose`, `start_step`).
+      step: the state's step.
+      Others: as `predict_piecewise_poses`.
+
+    Returns:
+      (global poses, warp poses {f: ``[B, H, W, 4, 4]``}, batch_stats, aux scalars, photometric
+      pixel weights ``[B, H, W, 1]``).
+    """
+    _check_batch(batch)
+    live = plugin_warmup.active(step, int(piecewise_config.get("start_step", 0)))
+    on = live > 0
+    gated = {
+        **batch,
+        "thing_mask": batch["thing_mask"] & on,
+        "instance_valid": batch["instance_valid"] & on,
+        "dropped_mask": batch["dropped_mask"] & on,
+    }
+    poses, warp, stats, _ = predict_piecewise_poses(
+        pose_net, params, batch_stats, frames, gated, frame_ids,
+        piecewise_config.get("instance_pose", "residual"), instance_net)
+    aux = {**instance_statistics(batch, frame_ids), "piecewise/active": live}
+    return poses, warp, stats, aux, photometric_weights(gated["dropped_mask"])
 
 
 def _check_batch(batch: dict) -> None:
