@@ -216,6 +216,13 @@ def predict_piecewise_poses(
       batch_stats (global calls only), aux scalars).
     """
     _check_batch(batch)
+    global_poses, warp_poses, batch_stats = _poses(
+        pose_net, params, batch_stats, frames, batch, frame_ids, instance_pose, instance_net)
+    return global_poses, warp_poses, batch_stats, instance_statistics(batch, frame_ids)
+
+
+def _poses(pose_net, params, batch_stats, frames, batch, frame_ids, instance_pose, instance_net):
+    """`predict_piecewise_poses` without the batch check and the log scalars."""
     index = {f: i for i, f in enumerate(frame_ids)}
     keep = 1.0 - batch["thing_mask"].astype(jnp.float32)[..., None]
     target_masks = batch["instance_masks"][:, index[0]]
@@ -235,7 +242,7 @@ def predict_piecewise_poses(
         valid = batch["instance_valid"][:, index[f]] & batch["instance_valid"][:, index[0]]
         global_poses[f] = T
         warp_poses[f] = compose_transforms(T, instance_T, target_masks, valid)
-    return global_poses, warp_poses, batch_stats, instance_statistics(batch, frame_ids)
+    return global_poses, warp_poses, batch_stats
 
 
 def instance_statistics(batch: dict, frame_ids: tuple[int, ...]) -> dict[str, jax.Array]:
@@ -274,7 +281,7 @@ def train_poses(
       pixel weights ``[B, H, W, 1]``).
     """
     _check_batch(batch)
-    live = plugin_warmup.active(step, int(piecewise_config.get("start_step", 0)))
+    live = plugin_warmup.active(step, plugin_warmup.start_step(piecewise_config))
     on = live > 0
     gated = {
         **batch,
@@ -282,7 +289,8 @@ def train_poses(
         "instance_valid": batch["instance_valid"] & on,
         "dropped_mask": batch["dropped_mask"] & on,
     }
-    poses, warp, stats, _ = predict_piecewise_poses(
+    # The log scalars describe the batch's instances, gated or not.
+    poses, warp, stats = _poses(
         pose_net, params, batch_stats, frames, gated, frame_ids,
         piecewise_config.get("instance_pose", "residual"), instance_net)
     aux = {**instance_statistics(batch, frame_ids), "piecewise/active": live}
