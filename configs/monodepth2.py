@@ -95,13 +95,17 @@ def get_config():
     config.piecewise.max_instances = 8
     config.piecewise.min_area_fraction = 0.01  # alpha = 1 % of the image (paper Sec. 4.2)
     # "residual": instance transform = ego transform @ the object's own motion (starts at the ego
-    # warp); "absolute": the pose net predicts the instance's whole transform.
+    # warp; no gradient from instance pixels into the ego pose); "residual_coupled": the same with
+    # that gradient; "absolute": the pose net predicts the instance's whole transform.
     config.piecewise.instance_pose = "residual"
     # "shared": the ego pose net also makes the instance calls (the paper); "separate": the
     # instances get their own PoseNet.
     config.piecewise.instance_network = "shared"
     # Warm-up (jdepth/training/plugin_warmup.py): a Monodepth2 step before this step. 0: paper.
     config.piecewise.start_step = 0
+    # False: pixels of matched instances train their instance pose, not the depth (the per-object
+    # depth / motion trade-off leaves their depth free). True: the paper's unchanged loss.
+    config.piecewise.instance_depth_gradient = True
 
     config.optim = config_dict.ConfigDict()
     config.optim.lr = 1e-4

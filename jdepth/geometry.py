@@ -273,7 +273,9 @@ def _sample_border_bwd(residuals, cotangent: jax.Array):
     return grad_image.reshape(image.shape).astype(image.dtype), grad_pix
 
 
-_sample_border.defvjp(_sample_border_fwd, _sample_border_bwd)
+# The backward runs under its own name: JAX gives its ops the primal call site's source
+# location, so without it a profile (jdepth/training/hlo_profile.py) cannot tell them apart.
+_sample_border.defvjp(_sample_border_fwd, jax.named_call(_sample_border_bwd))
 
 
 class _Cell(NamedTuple):
@@ -417,7 +419,9 @@ def _reproject_bwd(residuals, cotangent: jax.Array):
     return grad_depth.astype(depth.dtype), grad_P, grad_inv_K3
 
 
-_reproject.defvjp(_reproject_fwd, _reproject_bwd)
+# The backward runs under its own name: JAX gives its ops the primal call site's source
+# location, so without it a profile (jdepth/training/hlo_profile.py) cannot tell them apart.
+_reproject.defvjp(_reproject_fwd, jax.named_call(_reproject_bwd))
 
 
 def _per_image(matrix: jax.Array, i: int, j: int) -> jax.Array:

@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -139,6 +140,47 @@ def test_monodepth_loss_takes_per_pixel_transforms():
         loss({-1: poses[-1], 1: dense[1][:, :8]})
 
 
+def test_depth_frozen_pixels_send_no_depth_gradient_and_the_same_pose_gradient():
+    rng = np.random.default_rng(1)
+    batch, height, width = 2, 16, 24
+    target = jnp.asarray(rng.uniform(size=(batch, height, width, 3)), jnp.float32)
+    sources = {1: jnp.roll(target, -1, axis=2)}
+    K = jnp.asarray(np.broadcast_to(np.array(
+        [[20.0, 0, 12, 0], [0, 20, 8, 0], [0, 0, 1, 0], [0, 0, 0, 1]]), (batch, 4, 4)), jnp.float32)
+    disp = jnp.asarray(rng.uniform(0.2, 0.6, size=(batch, height, width, 1)), jnp.float32)
+    frozen = np.zeros((batch, height, width, 1), bool)
+    frozen[:, 4:10, 6:15] = True
+
+    def loss(disp, translation, mask):
+        pose = geometry.transformation_from_parameters(jnp.zeros((batch, 3)), translation)
+        total, _ = monodepth_losses.monodepth_loss(
+            {0: disp}, target, sources, {1: pose}, K, jnp.linalg.inv(K), {0: target}, key=None,
+            smoothness_weight=0.0, depth_frozen_mask=mask)
+        return total
+
+    t = jnp.full((batch, 3), 0.1)
+    grad = jax.grad(loss, argnums=(0, 1))
+    d_disp, d_t = grad(disp, t, None)
+    d_disp_frozen, d_t_frozen = grad(disp, t, jnp.asarray(frozen))
+    assert float(jnp.abs(d_disp[frozen]).sum()) > 0  # the pixels do train depth without the mask
+    np.testing.assert_array_equal(np.asarray(d_disp_frozen)[frozen], 0.0)
+    np.testing.assert_array_equal(np.asarray(d_disp_frozen)[~frozen], np.asarray(d_disp)[~frozen])
+    np.testing.assert_allclose(d_t_frozen, d_t, rtol=1e-6)  # the poses still learn from them
+    assert float(loss(disp, t, jnp.asarray(frozen))) == float(loss(disp, t, None))
+
+
+def test_depth_frozen_mask_covers_kept_target_instances_after_the_start_step():
+    _, batch = _one_instance_pair(0, dropped_pixel=(5, 0))
+    section = ml_collections.ConfigDict({"instance_depth_gradient": True, "start_step": 3})
+    assert piecewise.depth_frozen_mask(batch, section, jnp.asarray(5)) is None
+    section.instance_depth_gradient = False
+    mask = np.asarray(piecewise.depth_frozen_mask(batch, section, jnp.asarray(5)))
+    np.testing.assert_array_equal(mask[..., 0], np.asarray(batch["instance_masks"][:, 0, 0]))
+    assert not mask[0, 5, 0, 0]  # a dropped pixel is not an instance pixel (it has weight 0)
+    before = piecewise.depth_frozen_mask(batch, section, jnp.asarray(2))
+    assert not np.asarray(before).any()  # warm-up: Monodepth2's objective
+
+
 def test_compose_transforms_picks_the_instance_inside_its_mask_only():
     g = jnp.asarray(EGO, jnp.float32)[None]
     inst = jnp.asarray(np.stack([CAR, 2 * np.eye(4)]), jnp.float32)[None]
@@ -172,6 +214,22 @@ def test_residual_instance_pose_sends_no_gradient_into_the_ego_pose():
 
     d_global, d_net = jax.grad(total, argnums=(0, 1))(g, net)
     np.testing.assert_array_equal(d_global, 0.0)
+    assert float(jnp.abs(d_net).sum()) > 0
+
+
+def test_coupled_residual_instance_pose_is_the_same_transform_with_an_ego_gradient():
+    g = jnp.asarray(EGO, jnp.float32)[None]
+    net = jnp.asarray(CAR_MOTION, jnp.float32)[None, None]
+    np.testing.assert_array_equal(piecewise.instance_transforms(g, net, "residual_coupled"),
+                                  piecewise.instance_transforms(g, net, "residual"))
+
+    def total(global_T, net_T):
+        return jnp.sum(piecewise.instance_transforms(global_T, net_T, "residual_coupled") ** 2)
+
+    d_global, d_net = jax.grad(total, argnums=(0, 1))(g, net)
+    # d sum((G N)^2) / dG = 2 (G N) N^T, exactly.
+    expected = 2 * np.einsum("ij,kj->ik", EGO @ CAR_MOTION, CAR_MOTION)
+    np.testing.assert_allclose(np.asarray(d_global[0]), expected, rtol=1e-5, atol=1e-5)
     assert float(jnp.abs(d_net).sum()) > 0
 
 

@@ -61,7 +61,7 @@ def test_region_metrics_isolate_an_error_on_moving_cars(synthetic_root):
     exact = regions.evaluate_regions(
         _OraclePredictor(synthetic_root, refs), synthetic_root, split, gt_kind="dense",
         median_scaling=False)
-    for name in ("all", "moving", "edge_band"):
+    for name in ("all", "moving", "edge_band", "static"):
         assert exact[name]["num_images"] > 0
     # Exact depth is off only where the protocol clamps predictions to 80 m (far facades).
     assert exact["moving"]["abs_rel"] < 0.01
@@ -74,3 +74,13 @@ def test_region_metrics_isolate_an_error_on_moving_cars(synthetic_root):
     assert broken["moving"]["abs_rel"] == pytest.approx(0.5, abs=0.01)
     assert broken["all"]["abs_rel"] < exact["all"]["abs_rel"] + 0.25
     assert broken["all"]["abs_rel"] > exact["all"]["abs_rel"]
+    # No moving car is a stuff pixel: the static background is untouched, exactly.
+    assert broken["static"]["abs_rel"] == exact["static"]["abs_rel"]
+
+
+def test_static_masks_are_the_stuff_pixels(synthetic_root):
+    _, refs = _split_with_moving_cars(synthetic_root)
+    labels = kitti.load_panoptic(kitti.panoptic_path(synthetic_root, refs[0]))
+    mask = regions.static_masks(synthetic_root, refs[:1])[0]
+    np.testing.assert_array_equal(mask, labels < 1000)  # things are class * 1000 + instance
+    assert mask.any() and not mask.all()

@@ -1,6 +1,7 @@
 """tools/run_synthetic_suite.py: its entries exist and its report holds the numbers it was given."""
 
 import importlib.util
+import json
 import sys
 
 from conftest import REPO, load_config
@@ -97,12 +98,24 @@ def test_evaluation_is_computed_once_per_finished_run(tmp_path, monkeypatch):
     final = eval_dir / "train_final_test_metrics.json"
     final.write_text("{}")
     calls = []
-    monkeypatch.setattr(suite, "_evaluate",
-                        lambda workdir: calls.append(workdir) or {"n": len(calls)})
+    all_regions = {k: {"abs_rel": 0.3} for k in suite.REGIONS}
+    monkeypatch.setattr(suite, "_evaluate", lambda workdir: calls.append(workdir) or {
+        "n": len(calls), "regions": all_regions})
     entry = suite.Entry("a", "demo", "first")
-    assert suite.evaluate(entry, str(tmp_path)) == {"n": 1}
-    assert suite.evaluate(entry, str(tmp_path)) == {"n": 1}  # read back, not recomputed
+    assert suite.evaluate(entry, str(tmp_path))["n"] == 1
+    assert suite.evaluate(entry, str(tmp_path))["n"] == 1  # read back, not recomputed
     assert len(calls) == 1
     cache = eval_dir / "suite_eval.json"
     os.utime(final, (os.path.getmtime(cache) + 10,) * 2)  # the run was trained again
-    assert suite.evaluate(entry, str(tmp_path)) == {"n": 2}
+    assert suite.evaluate(entry, str(tmp_path))["n"] == 2
+    # A cache from before a region was added: only the regions are computed again.
+    old = {"n": 2, "regions": {"all": {"abs_rel": 0.3}}, "panoptic": {"pq": 30.0}}
+    cache.write_text(json.dumps(old))
+    os.utime(final, (1, 1))  # trained long before either cache
+    region_calls = []
+    monkeypatch.setattr(suite, "_evaluate_regions", lambda workdir: region_calls.append(
+        workdir) or {"regions": all_regions})
+    out = suite.evaluate(entry, str(tmp_path))
+    assert out == {"n": 2, "regions": all_regions, "panoptic": {"pq": 30.0}}
+    assert len(calls) == 2 and len(region_calls) == 1
+    assert suite.evaluate(entry, str(tmp_path)) == out and len(region_calls) == 1

@@ -4,9 +4,9 @@
       [--config.train.batch_size=12 --config.data.height=192 --config.data.width=640 ...]
 
 The step is the recipe's own `train_step`, jitted on one device exactly as the training loop runs
-it, on a synthetic pipeline-shaped batch (no data is read: this measures the model, not the input
-pipeline; tools/benchmark_input.py measures that). Variables are filled by numpy from the recipe's
-`eval_shape` trees (He-scaled kernels), which skips compiling the initialisers.
+it, on a synthetic pipeline-shaped batch (jdepth/training/synthetic_step.py; no data is read: this
+measures the model, not the input pipeline; tools/benchmark_input.py measures that).
+tools/profile_step.py splits the same step's time by operation.
 
 Memory, three views:
   xla_peak_bytes    XLA's buffer assignment for the compiled step: arguments + outputs + temporaries
@@ -19,7 +19,6 @@ default measures the joint phase).
 
 from __future__ import annotations
 
-import functools
 import json
 import platform
 import resource
@@ -38,94 +37,15 @@ _COMPILE_ONLY = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config"])
 
 
-def synthetic_batch(config, seed: int = 0) -> dict:
-    """A batch with the pipeline's keys, dtypes and shapes (jdepth/data/pipeline.py)."""
-    import numpy as np
-
-    from jdepth.data import pipeline
-
-    rng = np.random.default_rng(seed)
-    b, h, w = config.train.batch_size, config.data.height, config.data.width
-    frames = len(config.data.frame_ids)
-    coarse = rng.integers(0, 256, (b, frames, h // 8, w // 8, 3), dtype=np.uint8)
-    images = np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3)
-    k_norm = np.array([[0.58, 0, 0.5, 0], [0, 1.92, 0.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-    K, inv_K = pipeline.intrinsics_pyramid(k_norm, h, w, len(config.model.scales))
-    batch = {
-        "images": images,
-        "K": np.broadcast_to(K, (b,) + K.shape).copy(),
-        "inv_K": np.broadcast_to(inv_K, (b,) + inv_K.shape).copy(),
-        "jitter": np.tile(np.array([1, 1.1, 0.9, 1.05, 0.02], np.float32), (b, 1)),
-        "flipped": np.zeros(b, bool),
-        "index": np.arange(b, dtype=np.int32),
-    }
-    if config.data.get("load_velocity"):
-        batch["velocity"] = np.full((b, frames), 10.0, np.float32)
-    if config.data.get("load_panoptic"):
-        batch["panoptic"] = np.zeros((b, frames, h, w), np.int32)
-    piecewise = config.get("piecewise")
-    if piecewise is not None and piecewise.enabled:
-        # Every slot filled: the cost does not depend on it (static shapes), the values look real.
-        from jdepth.data import instances
-
-        slots = int(piecewise.max_instances)
-        ids = np.full((frames, h, w), 10, np.int32)
-        step = w // slots
-        for m in range(slots):
-            ids[:, h // 2:, m * step:(m + 1) * step] = 13000 + m + 1
-        targets = instances.match_instances(ids, slots, float(piecewise.min_area_fraction))
-        batch["panoptic"] = np.broadcast_to(ids, (b, frames, h, w)).copy()
-        for key, value in targets.items():
-            batch[key] = np.broadcast_to(value, (b,) + value.shape).copy()
-    return batch
-
-
-def random_variables(recipe, networks, config, seed: int = 0):
-    """(params, batch_stats) of the recipe's trees, He-scaled kernels, unit BN scale/var."""
-    import jax
-    import numpy as np
-
-    shapes = jax.eval_shape(lambda: recipe.init_variables(networks, config, jax.random.key(0)))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = getattr(path[-1], "key", "")
-        if name == "kernel":
-            value = rng.normal(0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape)
-        elif name in ("scale", "var"):
-            value = np.ones(leaf.shape)
-        else:
-            value = rng.normal(0, 0.01, leaf.shape)
-        return np.asarray(value, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def run(config, steps: int, steps_per_epoch: int, compile_only: bool = False) -> dict:
     import jax
     import numpy as np
 
-    from jdepth.training import recipes
-    from jdepth.training.state import TrainState, make_optimizer
+    from jdepth.training import synthetic_step
 
-    config.train.steps_per_epoch = steps_per_epoch
-    recipe = recipes.get(config.recipe)
-    networks = recipe.build_networks(config, bn_axis_name=None)
-    params, batch_stats = random_variables(recipe, networks, config)
-    if hasattr(recipe, "make_optimizer"):
-        tx = recipe.make_optimizer(config, steps_per_epoch)
-    else:
-        tx = make_optimizer(config.optim, steps_per_epoch)
-    state = jax.device_put(TrainState.create(params, batch_stats, tx,
-                                             recipes.init_extra(recipe, config)))
-    batch = jax.device_put(synthetic_batch(config))
-    rng = jax.random.PRNGKey(0)
-    step = jax.jit(functools.partial(recipe.train_step, networks=networks, config=config,
-                                     axis_name=None), donate_argnums=(0,))
-
-    start = time.perf_counter()
-    compiled = step.lower(state, batch, rng).compile()
-    compile_s = time.perf_counter() - start
+    prepared = synthetic_step.compile_step(config, steps_per_epoch)
+    compiled, state, batch, rng = prepared.compiled, prepared.state, prepared.batch, prepared.rng
+    compile_s = prepared.compile_s
     analysis = compiled.memory_analysis()
     xla_peak = None
     if analysis is not None:

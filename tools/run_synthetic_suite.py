@@ -11,7 +11,7 @@ restarted at will. Then every run is evaluated the same way:
   * the test-split table of the train command (Eigen velodyne protocol, median-scaled), next to
     the "average training depth map" baseline;
   * jdepth/eval/regions.py with the exact dense depth: all pixels, independently moving cars,
-    and a 3-pixel band around thing-instance edges (AbsRel);
+    a 3-pixel band around thing-instance edges and the static background (stuff pixels; AbsRel);
   * for absolute-depth recipes, the same without median scaling;
   * PQ (things / stuff) for runs with the panoptic head;
   * the wall time of each run.
@@ -49,7 +49,12 @@ class Entry:
     ablation: bool = False  # in the tables, not in the figure
 
 
+REGIONS = ("all", "moving", "edge_band", "static")  # jdepth/eval/regions.py
 _PAPER_WEIGHTS = ("--config.panoptic.weight=0.35", "--config.contrastive.weight=0.1")
+# Outputs starting near metric values (jdepth/training/metric_init.py): depth 10 m, translation in
+# metres. With the reference's parametrisation (depth 0.2 and translation 0.01 x the decoder at
+# step 0) a run whose ego translation grows slowly pushes near pixels onto the min_depth floor.
+_METRIC_INIT = ("--config.model.init_depth=10.0", "--config.model.pose_translation_scale=1.0")
 _PLUGINS_OFF = ("--config.panoptic.enabled=False", "--config.contrastive.enabled=False",
                 "--config.data.load_panoptic=False")
 
@@ -58,6 +63,9 @@ SUITE = (
     # Run-to-run spread: the same recipe from another seed (init, shuffling, augmentation).
     Entry("monodepth2_seed1", "demo", "ablation: Monodepth2 from seed 1 (the others: seed 0)",
           ("--config.seed=1",), ablation=True),
+    Entry("monodepth2_metric_init", "demo",
+          "ablation: Monodepth2, outputs starting near metric values (depth 10 m, t in metres)",
+          _METRIC_INIT, ablation=True),
     Entry("monodepth2_issl", "demo_issl", "Monodepth2 + ISSL self-samples"),
     Entry("monodepth2_issl_warmup", "demo_issl", "ablation: ISSL from step 129 (epoch 3)",
           ("--config.issl.start_step=129",), ablation=True),
@@ -98,9 +106,21 @@ SUITE = (
     Entry("monodepth2_piecewise_absolute", "demo_piecewise",
           "ablation: piece-wise pose with absolute instance poses",
           ("--config.piecewise.instance_pose=absolute",), ablation=True),
+    # The same transform as "residual", but the car pixels also train the ego pose through it.
+    Entry("monodepth2_piecewise_coupled", "demo_piecewise",
+          "ablation: piece-wise pose, the instance pixels' gradient reaching the ego pose",
+          ("--config.piecewise.instance_pose=residual_coupled",), ablation=True),
+    # Instance pixels train their instance poses but not the depth (the per-object depth / motion
+    # trade-off leaves their depth free; `piecewise.instance_depth_gradient`).
+    Entry("monodepth2_piecewise_static_depth", "demo_piecewise",
+          "ablation: piece-wise pose, depth trained by the static scene only",
+          ("--config.piecewise.instance_depth_gradient=False",), ablation=True),
     Entry("monodepth2_piecewise_separate", "demo_piecewise",
           "ablation: piece-wise pose with a separate instance pose network",
           ("--config.piecewise.instance_network=separate",), ablation=True),
+    Entry("monodepth2_piecewise_metric_init", "demo_piecewise",
+          "ablation: piece-wise pose, outputs starting near metric values (as "
+          "`monodepth2_metric_init`)", _METRIC_INIT, ablation=True),
     Entry("monodepth2_piecewise_warmup", "demo_piecewise",
           "ablation: piece-wise pose from step 129 (epoch 3), Monodepth2 steps before",
           ("--config.piecewise.start_step=129",), ablation=True),
@@ -154,36 +174,50 @@ def evaluate(entry: Entry, runs: str) -> dict:
 
     The numbers are kept in the run's eval/suite_eval.json and read back while that file is newer
     than the run's final test metrics, so regenerating RESULTS.md after adding one entry only
-    evaluates that entry (a retrained run is evaluated again).
+    evaluates that entry (a retrained run is evaluated again; a cache without a region of
+    REGIONS gets its region metrics again, nothing else).
     """
     workdir = os.path.join(runs, entry.name)
     cache = os.path.join(workdir, "eval", "suite_eval.json")
     final = os.path.join(workdir, "eval", "train_final_test_metrics.json")
     if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(final):
         with open(cache) as f:
-            return json.load(f)
-    out = _evaluate(workdir)
+            out = json.load(f)
+        if set(REGIONS) <= set(out["regions"]):
+            return out
+        out.update(_evaluate_regions(workdir))  # a region added since: only regions again
+    else:
+        out = _evaluate(workdir)
     with open(cache, "w") as f:
         json.dump(out, f, indent=1, default=float)
     return out
 
 
 def _evaluate(workdir: str) -> dict:
-    from jdepth.eval import regions
     from jdepth.inference import DepthPredictor
     from jdepth.training import panoptic as panoptic_plugin
 
     predictor = DepthPredictor.from_workdir(workdir)
     config = predictor.config
-    root, split = config.data.root, config.data.test_split
+    out = _evaluate_regions(workdir, predictor)
+    out["panoptic"] = panoptic_plugin.predictor_panoptic_quality(predictor,
+                                                                 config.data.test_split)
+    if config.recipe == "manydepth":
+        out["cost_volume"] = cost_volume_accuracy(workdir)
+    return out
+
+
+def _evaluate_regions(workdir: str, predictor=None) -> dict:
+    from jdepth.eval import regions
+    from jdepth.inference import DepthPredictor
+
+    predictor = predictor or DepthPredictor.from_workdir(workdir)
+    root, split = predictor.config.data.root, predictor.config.data.test_split
     out = {"regions": regions.evaluate_regions(predictor, root, split, gt_kind="dense",
                                                median_scaling=True)}
     if predictor.absolute:
         out["regions_absolute"] = regions.evaluate_regions(
             predictor, root, split, gt_kind="dense", median_scaling=False)
-    out["panoptic"] = panoptic_plugin.predictor_panoptic_quality(predictor, split)
-    if config.recipe == "manydepth":
-        out["cost_volume"] = cost_volume_accuracy(workdir)
     return out
 
 
@@ -283,17 +317,18 @@ def write_results(entries, results: dict, baseline: dict, path: str,
         "## AbsRel by region (exact dense depth, median scaling)",
         "",
         "`moving`: pixels of independently moving cars; `edge_band`: within 3 px of a "
-        "thing-instance edge (jdepth/eval/regions.py).",
+        "thing-instance edge; `static`: stuff pixels, the background without any car "
+        "(jdepth/eval/regions.py).",
         "",
-        "| recipe | all | moving | edge_band |",
-        "|---|---|---|---|",
+        "| recipe | " + " | ".join(REGIONS) + " |",
+        "|---|" + "---|" * len(REGIONS),
     ]
     for e in entries:
         reg = results[e.name]["eval"]["regions"]
         lines.append(f"| `{e.name}` | " + " | ".join(
-            _fmt(reg.get(k, {}).get("abs_rel")) for k in ("all", "moving", "edge_band")) + " |")
+            _fmt(reg.get(k, {}).get("abs_rel")) for k in REGIONS) + " |")
     lines.append("| baseline | " + " | ".join(
-        _fmt(baseline.get(k, {}).get("abs_rel")) for k in ("all", "moving", "edge_band")) + " |")
+        _fmt(baseline.get(k, {}).get("abs_rel")) for k in REGIONS) + " |")
     absolute = [e for e in entries if "regions_absolute" in results[e.name]["eval"]]
     if absolute:
         lines += ["", "## Absolute depth (no median scaling)", "",

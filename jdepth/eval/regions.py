@@ -2,12 +2,14 @@
 
 The papers' claims are regional: ISSL and piece-wise pose should help most on independently moving
 objects, the panoptic branch near object edges. Whole-image AbsRel hides both, so the comparisons
-in the closing notes and RESULTS.md report three numbers per run, all from one path:
+in the closing notes and RESULTS.md report four numbers per run, all from one path:
 
   all        every valid ground-truth pixel (the standard table);
   moving     pixels of thing instances that move independently (the synthetic set lists them in
              each drive's ``synthetic_meta.json``; KITTI has no such list, so the region is absent);
-  edge_band  pixels within ``radius`` of a thing-instance edge (``panoptic.instance_edge_band``).
+  edge_band  pixels within ``radius`` of a thing-instance edge (``panoptic.instance_edge_band``);
+  static     pixels of stuff classes (road, buildings, vegetation, ...: no thing instance), the
+             background that piece-wise pose must not make worse.
 
 The median-scaling ratio of a region metric is still the whole image's (``metrics.evaluate_
 predictions``), so a region number answers "how wrong is the depth here, given the scale the
@@ -24,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from jdepth.data import kitti
+from jdepth.data import panoptic_labels as pl
 from jdepth.eval import depth_eval
 from jdepth.eval import metrics as depth_metrics
 from jdepth.eval import panoptic as panoptic_eval
@@ -64,6 +67,15 @@ def edge_band_masks(root: str, refs: Sequence[kitti.FrameRef], radius: int) -> l
                                              radius) for r in refs]
 
 
+def static_masks(root: str, refs: Sequence[kitti.FrameRef]) -> list[np.ndarray]:
+    """Per frame, bool [H, W] pixels of stuff classes (no thing instance, parked or moving)."""
+    masks = []
+    for ref in refs:
+        ids = pl.canonical_ids(kitti.load_panoptic(kitti.panoptic_path(root, ref)).astype(np.int64))
+        masks.append(~pl.is_thing_class(pl.class_of(ids)))
+    return masks
+
+
 def ground_truth(root: str, split_file: str, kind: str, cache_dir: str | None = None):
     """(gt maps, split_kind) of a split: Eigen velodyne GT, or the dense benchmark maps.
 
@@ -87,7 +99,7 @@ def evaluate_regions(
     median_scaling: bool = True, max_images: int | None = None, cache_dir: str | None = None,
     matching_mode: str = "lookup",
 ) -> dict[str, dict]:
-    """Metrics dicts {"all", "moving" (if known), "edge_band"} of a predictor on a split.
+    """Metrics dicts {"all", "moving" (if known), "edge_band", "static"} of a predictor on a split.
 
     One prediction pass serves every region. A region no image has pixels of gets
     ``{"num_images": 0}``.
@@ -118,4 +130,5 @@ def evaluate_regions(
     if moving is not None:
         out["moving"] = score(moving)
     out["edge_band"] = score(edge_band_masks(root, refs, band_radius))
+    out["static"] = score(static_masks(root, refs))
     return out

@@ -244,6 +244,7 @@ def monodepth_loss(
     avg_reprojection: bool = False,
     pixel_weights: jax.Array | None = None,
     automask_active: jax.Array | None = None,
+    depth_frozen_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Monodepth2's training objective (full-res multiscale, min reprojection, automask).
 
@@ -277,6 +278,9 @@ def monodepth_loss(
       pixel_weights: ``[B, H, W, 1]`` weights of the per-pixel photometric loss, or None.
       automask_active: scalar, 0 or 1 (traced: the step compiles once), or None for always on.
         While 0 the identity errors never win the minimum (``automask_delay``).
+      depth_frozen_mask: ``[B, H, W, 1]`` bool, pixels whose photometric error sends no gradient
+        into the depth (piece-wise pose: `piecewise.instance_depth_gradient`), or None. Their
+        error still trains the poses; the smoothness term is unchanged.
 
     Returns:
       ``(total, aux)``. Scalars in ``aux``: ``'photometric/s{s}'`` and ``'smoothness/s{s}'``
@@ -299,6 +303,8 @@ def monodepth_loss(
         geometry.disp_to_depth(upsample_disp(disps[s], height, width), min_depth, max_depth)[1]
         for s in scales
     ])
+    if depth_frozen_mask is not None:
+        depths = jnp.where(depth_frozen_mask[None], jax.lax.stop_gradient(depths), depths)
     scale_ids = jnp.asarray(scales, jnp.uint32)
 
     def photometric_at_scale(depth: jax.Array, scale_id: jax.Array):

@@ -168,7 +168,8 @@ def automask_active(config, step: jax.Array) -> jax.Array | None:
 
 
 def photometric_objective(
-    disps, frames, pyramid, poses, K, inv_K, sample_keys, config, pixel_weights=None, step=None
+    disps, frames, pyramid, poses, K, inv_K, sample_keys, config, pixel_weights=None, step=None,
+    depth_frozen_mask=None,
 ):
     """The Monodepth2 objective for one set of predictions; returns (total, aux)."""
     sources = {f: img for f, img in frames.items() if f != 0}
@@ -189,6 +190,7 @@ def photometric_objective(
         avg_reprojection=config.loss.avg_reprojection,
         pixel_weights=pixel_weights,
         automask_active=None if step is None else automask_active(config, step),
+        depth_frozen_mask=depth_frozen_mask,
     )
 
 
@@ -258,6 +260,8 @@ def train_step(
                 networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, train=True
             )
             warp_poses, pixel_weights, piecewise_aux = poses, None, {}
+        depth_frozen_mask = (piecewise.depth_frozen_mask(batch, config.piecewise, state.step)
+                             if piecewise.is_enabled(config) else None)
         if config.loss.get("v1_multiscale", False):
             total, aux = monodepth_losses.monodepth_loss_v1(
                 disps, dict(enumerate(pyramid)),
@@ -272,7 +276,7 @@ def train_step(
         else:
             total, aux = photometric_objective(
                 disps, frames, pyramid, warp_poses, K, inv_K, sample_keys, config,
-                pixel_weights=pixel_weights, step=state.step,
+                pixel_weights=pixel_weights, step=state.step, depth_frozen_mask=depth_frozen_mask,
             )
         # Networks without updates here (a separate instance pose net: its updates are
         # discarded, jdepth/training/piecewise.py) keep their statistics.

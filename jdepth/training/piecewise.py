@@ -18,7 +18,11 @@
   instance's transform is T_global @ M, with T_global held fixed there (stop-gradient: cars do
   not move the ego pose). The pose decoder starts near identity (outputs x 0.01), so at step 0
   every instance moves with the camera, exactly the global warp, and a parked car never has to
-  re-learn the ego-motion from a mostly black masked pair. "absolute": the net predicts the whole
+  re-learn the ego-motion from a mostly black masked pair. "residual_coupled": the same
+  transform without the stop-gradient, so the car pixels (parked cars: the nearest, most
+  textured, largest-parallax pixels of a street scene) still train the ego pose through
+  T_global @ M, as they do in Monodepth2; a moving car's own motion is M's to explain.
+  "absolute": the net predicts the whole
   target->source transform of the instance; it starts at identity (the car pixels do not move,
   whatever their depth: no depth signal there until the net learns the ego motion from them).
   At the demo budget neither choice, nor a separate instance network, gets depth as good as
@@ -27,6 +31,10 @@
 * Warm-up (`config.piecewise.start_step`, 0 = the paper): before it the objective is
   Monodepth2's (unmasked ego pairs, global warp, no pixel dropped; `train_poses`; why:
   jdepth/training/plugin_warmup.py).
+* Depth on instance pixels (`config.piecewise.instance_depth_gradient`): True (the paper: "we do
+  not modify the aggregate loss") lets every pixel's photometric error train the depth. False:
+  pixels of valid instances train their instance pose only (`depth_frozen_mask`), since a free
+  per-object motion leaves their depth unconstrained.
 * Composed warp: every target pixel inside a valid, matched target instance is moved by that
   instance's transform, every other pixel by the global one: a per-pixel `[B, H, W, 4, 4]`
   transform that `geometry.inverse_warp` (and so `losses.monodepth.monodepth_loss`) consumes at
@@ -155,7 +163,9 @@ def instance_transforms(global_T: jax.Array, net_T: jax.Array, mode: str) -> jax
       global_T: ``[B, 4, 4]`` ego transform of the pair.
       net_T: ``[B, M, 4, 4]`` the pose net's transform of every slot.
       mode: "residual" (net_T is the object's motion in the target camera frame, applied before
-        the ego motion; no gradient into global_T) or "absolute" (net_T is the transform).
+        the ego motion; no gradient into global_T), "residual_coupled" (the same transform, and
+        the instance pixels' gradient also reaches global_T) or "absolute" (net_T is the
+        transform).
 
     Returns:
       ``[B, M, 4, 4]``.
@@ -164,8 +174,10 @@ def instance_transforms(global_T: jax.Array, net_T: jax.Array, mode: str) -> jax
         return net_T
     if mode == "residual":
         return jnp.einsum("bij,bmjk->bmik", jax.lax.stop_gradient(global_T), net_T)
-    raise ValueError(f"jdepth/training/piecewise.py: piecewise.instance_pose must be 'residual' "
-                     f"or 'absolute', got {mode!r}")
+    if mode == "residual_coupled":
+        return jnp.einsum("bij,bmjk->bmik", global_T, net_T)
+    raise ValueError(f"jdepth/training/piecewise.py: piecewise.instance_pose must be 'residual', "
+                     f"'residual_coupled' or 'absolute', got {mode!r}")
 
 
 def compose_transforms(
@@ -295,6 +307,28 @@ def train_poses(
         piecewise_config.get("instance_pose", "residual"), instance_net)
     aux = {**instance_statistics(batch, frame_ids), "piecewise/active": live}
     return poses, warp, stats, aux, photometric_weights(gated["dropped_mask"])
+
+
+def depth_frozen_mask(batch: dict, piecewise_config, step: jax.Array) -> jax.Array | None:
+    """``[B, H, W, 1]`` target pixels of valid instances, when their error may not train depth.
+
+    With `piecewise.instance_depth_gradient` False, a pixel inside a kept target instance (a slot
+    of frame 0: above alpha, within M) trains the instance's poses but not the depth: per object,
+    depth and motion trade off freely (a car twice as far moving twice as fast warps the same), so
+    the instance pixels' photometric error does not pin their depth; the depth network learns from
+    the static scene and generalises to the cars. True (the paper, default): None.
+
+    Args:
+      batch: holds ``instance_masks`` ``[B, F, M, H, W]`` and ``instance_valid`` ``[B, F, M]``,
+        frame 0 first.
+      piecewise_config: `config.piecewise`.
+      step: the state's step (nothing is frozen before `start_step`).
+    """
+    if piecewise_config.get("instance_depth_gradient", True):
+        return None
+    live = plugin_warmup.active(step, plugin_warmup.start_step(piecewise_config)) > 0
+    masks = batch["instance_masks"][:, 0] & batch["instance_valid"][:, 0, :, None, None]
+    return (jnp.any(masks, axis=1) & live)[..., None]
 
 
 def _check_batch(batch: dict) -> None:
