@@ -96,7 +96,8 @@ def get_config():
     config.piecewise.min_area_fraction = 0.01  # alpha = 1 % of the image (paper Sec. 4.2)
     # "residual": instance transform = ego transform @ the object's own motion (starts at the ego
     # warp; no gradient from instance pixels into the ego pose); "residual_coupled": the same with
-    # that gradient; "absolute": the pose net predicts the instance's whole transform.
+    # that gradient; "absolute": the pose net predicts the instance's whole transform; "none": no
+    # instance poses, only the thing-masked ego pose (an ablation).
     config.piecewise.instance_pose = "residual"
     # "shared": the ego pose net also makes the instance calls (the paper); "separate": the
     # instances get their own PoseNet.

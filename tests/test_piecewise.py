@@ -390,6 +390,30 @@ def test_warmup_is_the_global_step_until_start_step_then_piecewise():
     assert aux0["piecewise/matched"] == aux1["piecewise/matched"] == 1.0
 
 
+def test_instance_pose_none_is_the_thing_masked_ego_pose_everywhere():
+    frames, batch = _one_instance_pair(4, dropped_pixel=(5, 0))
+    section = load_config("demo_piecewise").piecewise
+    section.instance_pose = "none"
+    calls = []
+
+    class Recording(_GainPoseNet):
+        def __call__(self, frame_a, frame_b, train):
+            calls.append(frame_a.shape)
+            return super().__call__(frame_a, frame_b, train)
+
+    net, params = Recording(), {"gain": jnp.float32(1.0)}
+    g, w, _, _, weights = piecewise.train_poses(net, params, {}, frames, batch, (0, 1), section,
+                                                jnp.int32(0))
+    assert calls == [frames[0].shape]  # the ego call only, no B * M instance call
+    assert weights is None  # no pixel dropped
+    np.testing.assert_array_equal(w[1], g[1])
+    keep = 1.0 - batch["thing_mask"].astype(jnp.float32)[..., None]
+    (axisangle, translation), _ = net.apply(
+        {"params": params}, frames[0] * keep[:, 0], frames[1] * keep[:, 1], train=False)
+    np.testing.assert_allclose(
+        g[1], geometry.transformation_from_parameters(axisangle, translation), rtol=1e-6)
+
+
 def test_separate_instance_network_is_initialised_and_learns_at_the_pose_rate():
     config = load_config("demo_piecewise")
     config.piecewise.instance_network = "separate"

@@ -106,6 +106,10 @@ SUITE = (
     Entry("monodepth2_piecewise_absolute", "demo_piecewise",
           "ablation: piece-wise pose with absolute instance poses",
           ("--config.piecewise.instance_pose=absolute",), ablation=True),
+    # No instance poses: what masking the things out of the ego pose net's input alone costs.
+    Entry("monodepth2_piecewise_ego_mask_only", "demo_piecewise",
+          "ablation: the thing-masked ego pose alone, no instance poses",
+          ("--config.piecewise.instance_pose=none",), ablation=True),
     # The same transform as "residual", but the car pixels also train the ego pose through it.
     Entry("monodepth2_piecewise_coupled", "demo_piecewise",
           "ablation: piece-wise pose, the instance pixels' gradient reaching the ego pose",
@@ -115,6 +119,12 @@ SUITE = (
     Entry("monodepth2_piecewise_static_depth", "demo_piecewise",
           "ablation: piece-wise pose, depth trained by the static scene only",
           ("--config.piecewise.instance_depth_gradient=False",), ablation=True),
+    # Both couplings of the instance branch cut: its own pose net, and no depth gradient from
+    # instance pixels. The ego pose and the depth then learn from the static scene only.
+    Entry("monodepth2_piecewise_separate_static_depth", "demo_piecewise",
+          "ablation: piece-wise pose, separate instance pose net, depth trained by the static "
+          "scene only", ("--config.piecewise.instance_network=separate",
+                         "--config.piecewise.instance_depth_gradient=False"), ablation=True),
     Entry("monodepth2_piecewise_separate", "demo_piecewise",
           "ablation: piece-wise pose with a separate instance pose network",
           ("--config.piecewise.instance_network=separate",), ablation=True),
