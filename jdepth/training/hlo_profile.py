@@ -4,8 +4,10 @@ A `jax.profiler` trace records one event per executed HLO instruction (XLA:CPU t
 kernels carry the instruction in `hlo_op`). The compiled module's text says, for every
 instruction, its `op_name` (Flax module path: `jvp(DepthNet)/encoder/layer1_0/...`) and its
 Python stack (FileNames / FunctionNames / FileLocations / StackFrames tables). Joining the two
-attributes each event to a part of the step: a network part by module path, else a loss or
-geometry part by the innermost jdepth function on the stack (`CATEGORY_RULES`). A fusion is
+attributes each event to a part of the step: an operation (sampling, SSIM, cost volume, ...) by a
+named call in its op_name or the innermost jdepth function on its stack (`CATEGORY_RULES`), else
+a network by its Flax module path, so a warp or cost volume inside a module's `__call__` counts
+as the operation. A fusion is
 attributed by its own metadata, which XLA takes from the fused root: ops fused into another
 part's root are counted there. Instructions XLA created without metadata (layout transposes of
 kernels, the index iotas of a pooling gradient) take the part of the nearest instruction that
@@ -180,7 +182,7 @@ def categories(instructions: dict[str, dict], max_hops: int = 8) -> dict[str, st
     out = {}
     for name, category in direct.items():
         if category is None:
-            category = (nearest(name, users.__getitem__)
+            category = (nearest(name, lambda n: users.get(n, ()))
                         or nearest(name, lambda n: instructions[n]["operands"])
                         or "no source (XLA-inserted)")
         out[name] = category
