@@ -107,6 +107,10 @@ def get_config():
     # False: pixels of matched instances train their instance pose, not the depth (the per-object
     # depth / motion trade-off leaves their depth free). True: the paper's unchanged loss.
     config.piecewise.instance_depth_gradient = True
+    # > 0: small-motion prior on the residual instance motions (jdepth/losses/motion_prior.py;
+    # not in the paper, which keeps the loss unchanged): residual scene flow on instance pixels
+    # in units of the ego flow. Needs instance_pose "residual" or "residual_coupled".
+    config.piecewise.motion_prior_weight = 0.0
 
     config.optim = config_dict.ConfigDict()
     config.optim.lr = 1e-4

@@ -15,6 +15,7 @@ from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fix
 from jdepth import geometry
 from jdepth.data import instances
 from jdepth.losses import monodepth as monodepth_losses
+from jdepth.losses import motion_prior as motion_prior_lib
 from jdepth.training import monodepth, piecewise
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
@@ -370,8 +371,8 @@ def test_warmup_is_the_global_step_until_start_step_then_piecewise():
     def poses_at(step):
         return piecewise.train_poses(net, params, {}, frames, batch, (0, 1), section, step)
 
-    g0, w0, _, aux0, weights0 = poses_at(jnp.int32(4))
-    g1, w1, _, aux1, weights1 = poses_at(jnp.int32(5))
+    g0, w0, _, aux0, weights0, _ = poses_at(jnp.int32(4))
+    g1, w1, _, aux1, weights1, _ = poses_at(jnp.int32(5))
     assert poses_at._cache_size() == 1  # one program, the branch picked by the traced step
     # Before: unmasked ego pair (Monodepth2's call), the global warp everywhere, nothing dropped.
     (axisangle, translation), _ = net.apply({"params": params}, frames[0], frames[1], train=False)
@@ -402,8 +403,9 @@ def test_instance_pose_none_is_the_thing_masked_ego_pose_everywhere():
             return super().__call__(frame_a, frame_b, train)
 
     net, params = Recording(), {"gain": jnp.float32(1.0)}
-    g, w, _, _, weights = piecewise.train_poses(net, params, {}, frames, batch, (0, 1), section,
-                                                jnp.int32(0))
+    g, w, _, _, weights, motions = piecewise.train_poses(
+        net, params, {}, frames, batch, (0, 1), section, jnp.int32(0))
+    assert motions is None  # no residual motions to put a prior on
     assert calls == [frames[0].shape]  # the ego call only, no B * M instance call
     assert weights is None  # no pixel dropped
     np.testing.assert_array_equal(w[1], g[1])
@@ -412,6 +414,37 @@ def test_instance_pose_none_is_the_thing_masked_ego_pose_everywhere():
         {"params": params}, frames[0] * keep[:, 0], frames[1] * keep[:, 1], train=False)
     np.testing.assert_allclose(
         g[1], geometry.transformation_from_parameters(axisangle, translation), rtol=1e-6)
+
+
+def test_residual_modes_return_the_motions_of_their_valid_slots_for_the_prior():
+    frames, batch = _one_instance_pair(5)
+    net, params = _GainPoseNet(), {"gain": jnp.float32(1.0)}
+    section = load_config("demo_piecewise").piecewise
+    section.instance_pose = "residual_coupled"
+    g, _, _, _, _, motions = piecewise.train_poses(net, params, {}, frames, batch, (0, 1),
+                                                   section, jnp.int32(0))
+    expected = piecewise.instance_poses(net, params, {}, 1, frames[0], frames[1],
+                                        batch["instance_masks"][:, 0],
+                                        batch["instance_masks"][:, 1])
+    assert set(motions) == {1}
+    np.testing.assert_allclose(motions[1].residual_T, expected, rtol=1e-6)
+    np.testing.assert_array_equal(motions[1].global_T, g[1])
+    np.testing.assert_array_equal(motions[1].valid, [[True]])
+    depth = jnp.full((1, 6, 8, 1), 2.0)
+    inv_K = jnp.eye(4)[None]
+    prior, aux = piecewise.motion_prior(motions, depth, inv_K)
+    reference, ratio = motion_prior_lib.residual_motion_prior(
+        depth, inv_K, g[1], expected, batch["instance_masks"][:, 0], jnp.ones((1, 1), bool))
+    np.testing.assert_allclose(prior, reference, rtol=1e-6)
+    assert float(prior) > 0 and float(aux["piecewise/residual_flow_ratio"]) == float(ratio)
+    assert piecewise.motion_prior(None, depth, inv_K) == (0.0, {})
+
+    section.instance_pose = "absolute"  # no residual: nothing for the prior to hold at identity
+    assert piecewise.train_poses(net, params, {}, frames, batch, (0, 1), section,
+                                 jnp.int32(0))[-1] is None
+    section.motion_prior_weight = 0.05
+    with pytest.raises(ValueError, match="motion_prior_weight"):
+        piecewise.train_poses(net, params, {}, frames, batch, (0, 1), section, jnp.int32(0))
 
 
 def test_separate_instance_network_is_initialised_and_learns_at_the_pose_rate():
@@ -454,6 +487,7 @@ def test_config_switch_and_pipeline_settings():
 @pytest.mark.slow
 def test_piecewise_step_compiles_once_for_different_instance_counts():
     config = _config(True, frame_ids=(0, -1))  # an earlier frame: the inverted pair order
+    config.piecewise.motion_prior_weight = 0.05
     networks = monodepth.build_networks(config)
     state = _state(config, networks, optax.adam(1e-4))
     step_fn = functools.partial(monodepth.train_step, networks=networks, config=config)
@@ -470,6 +504,7 @@ def test_piecewise_step_compiles_once_for_different_instance_counts():
     assert metrics[0]["piecewise/dropped_fraction"] == pytest.approx(4 / (SH * SW))
     for step_metrics in metrics:
         assert all(np.isfinite(v) for v in step_metrics.values()), step_metrics
+        assert step_metrics["piecewise/motion_prior"] >= 0.0
     final = dp.get_state(current)
     assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(final.params))
 

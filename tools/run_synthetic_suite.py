@@ -131,6 +131,22 @@ SUITE = (
     Entry("monodepth2_piecewise_metric_init", "demo_piecewise",
           "ablation: piece-wise pose, outputs starting near metric values (as "
           "`monodepth2_metric_init`)", _METRIC_INIT, ablation=True),
+    # A small-motion prior on the residual instance motions (not in the paper; issue 7: free
+    # per-object motions of parked cars take away the parallax, jdepth/losses/motion_prior.py).
+    Entry("monodepth2_piecewise_motion_prior", "demo_piecewise",
+          "ablation: piece-wise pose (coupled residual) + small-motion prior 0.2 on the residuals",
+          ("--config.piecewise.instance_pose=residual_coupled",
+           "--config.piecewise.motion_prior_weight=0.2"), ablation=True),
+    Entry("monodepth2_piecewise_separate_motion_prior", "demo_piecewise",
+          "ablation: as `monodepth2_piecewise_motion_prior`, the instances with their own pose net",
+          ("--config.piecewise.instance_pose=residual_coupled",
+           "--config.piecewise.instance_network=separate",
+           "--config.piecewise.motion_prior_weight=0.2"), ablation=True),
+    Entry("monodepth2_piecewise_separate_motion_prior_005", "demo_piecewise",
+          "ablation: as `monodepth2_piecewise_separate_motion_prior`, prior weight 0.05",
+          ("--config.piecewise.instance_pose=residual_coupled",
+           "--config.piecewise.instance_network=separate",
+           "--config.piecewise.motion_prior_weight=0.05"), ablation=True),
     Entry("monodepth2_piecewise_warmup", "demo_piecewise",
           "ablation: piece-wise pose from step 129 (epoch 3), Monodepth2 steps before",
           ("--config.piecewise.start_step=129",), ablation=True),

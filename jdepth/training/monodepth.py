@@ -247,7 +247,8 @@ def train_step(
         )
         if piecewise.is_enabled(config):
             # Ego pose on thing-masked pairs; the warp composes per-instance poses (Sec. 3.3).
-            poses, warp_poses, pose_stats, piecewise_aux, pixel_weights = piecewise.train_poses(
+            (poses, warp_poses, pose_stats, piecewise_aux, pixel_weights,
+             residual_motions) = piecewise.train_poses(
                 networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, batch,
                 tuple(config.data.frame_ids), config.piecewise, state.step,
                 instance_net=(
@@ -259,7 +260,7 @@ def train_step(
             poses, pose_stats = predict_poses(
                 networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, train=True
             )
-            warp_poses, pixel_weights, piecewise_aux = poses, None, {}
+            warp_poses, pixel_weights, piecewise_aux, residual_motions = poses, None, {}, None
         depth_frozen_mask = (piecewise.depth_frozen_mask(batch, config.piecewise, state.step)
                              if piecewise.is_enabled(config) else None)
         if config.loss.get("v1_multiscale", False):
@@ -278,6 +279,16 @@ def train_step(
                 disps, frames, pyramid, warp_poses, K, inv_K, sample_keys, config,
                 pixel_weights=pixel_weights, step=state.step, depth_frozen_mask=depth_frozen_mask,
             )
+        motion_weight = (config.piecewise.get("motion_prior_weight", 0.0)
+                         if piecewise.is_enabled(config) else 0.0)
+        if residual_motions is not None:
+            # Logged whenever there are residual motions; it trains only with a weight.
+            depth = geometry.disp_to_depth(
+                disps[0], config.model.min_depth, config.model.max_depth)[1]
+            prior, prior_aux = piecewise.motion_prior(residual_motions, depth, inv_K)
+            piecewise_aux = {**piecewise_aux, **prior_aux}
+            if motion_weight > 0:
+                total = total + motion_weight * prior
         # Networks without updates here (a separate instance pose net: its updates are
         # discarded, jdepth/training/piecewise.py) keep their statistics.
         batch_stats = {**state.batch_stats, "depth": depth_updates["batch_stats"],

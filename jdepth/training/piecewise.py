@@ -38,6 +38,9 @@
 * Warm-up (`config.piecewise.start_step`, 0 = the paper): before it the objective is
   Monodepth2's (unmasked ego pairs, global warp, no pixel dropped; `train_poses`; why:
   jdepth/training/plugin_warmup.py).
+* Small-motion prior (`config.piecewise.motion_prior_weight`, 0 = the paper): the residual
+  scene flow of instance pixels in units of the ego flow (jdepth/losses/motion_prior.py), so a
+  parked car's motion stays at identity unless its photometric error pays for a motion.
 * Depth on instance pixels (`config.piecewise.instance_depth_gradient`): True (the paper: "we do
   not modify the aggregate loss") lets every pixel's photometric error train the depth. False:
   pixels of valid instances train their instance pose only (`depth_frozen_mask`), since a free
@@ -69,16 +72,26 @@ multi-frame student are where the composed warp belongs (same call as here).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from jdepth import geometry
+from jdepth.losses import motion_prior as motion_prior_lib
 from jdepth.training import plugin_warmup
 
 INSTANCE_NET = "instance_pose"  # params / batch_stats key of the "separate" instance pose net
+
+
+class ResidualMotions(NamedTuple):
+    """One source frame's residual instance motions, for `losses.motion_prior`."""
+
+    global_T: jax.Array  # [B, 4, 4] ego target->source transform
+    residual_T: jax.Array  # [B, M, 4, 4] each slot's own motion M (instance = global @ M)
+    target_masks: jax.Array  # [B, M, H, W] the slots' masks in the target frame
+    valid: jax.Array  # [B, M] slots whose transform warps their pixels
 
 
 def is_enabled(config) -> bool:
@@ -235,17 +248,20 @@ def predict_piecewise_poses(
       batch_stats (global calls only), aux scalars).
     """
     _check_batch(batch)
-    global_poses, warp_poses, batch_stats = _poses(
+    global_poses, warp_poses, batch_stats, _ = _poses(
         pose_net, params, batch_stats, frames, batch, frame_ids, instance_pose, instance_net)
     return global_poses, warp_poses, batch_stats, instance_statistics(batch, frame_ids)
 
 
 def _poses(pose_net, params, batch_stats, frames, batch, frame_ids, instance_pose, instance_net):
-    """`predict_piecewise_poses` without the batch check and the log scalars."""
+    """`predict_piecewise_poses` without the batch check and the log scalars.
+
+    The fourth output maps each source frame to `ResidualMotions` (None with "none"/"absolute").
+    """
     index = {f: i for i, f in enumerate(frame_ids)}
     keep = 1.0 - batch["thing_mask"].astype(jnp.float32)[..., None]
     target_masks = batch["instance_masks"][:, index[0]]
-    global_poses, warp_poses = {}, {}
+    global_poses, warp_poses, motions = {}, {}, {}
     shared = instance_net is None
     for f in sorted(k for k in frames if k != 0):
         T, batch_stats = _pose_pair(
@@ -258,13 +274,16 @@ def _poses(pose_net, params, batch_stats, frames, batch, frame_ids, instance_pos
             continue
         net, net_params, net_stats = (
             (pose_net, params, batch_stats) if shared else instance_net)
-        instance_T = instance_transforms(T, instance_poses(
+        net_T = instance_poses(
             net, net_params, net_stats, f, frames[0], frames[f], target_masks,
             batch["instance_masks"][:, index[f]]
-        ), instance_pose)
+        )
+        instance_T = instance_transforms(T, net_T, instance_pose)
         valid = batch["instance_valid"][:, index[f]] & batch["instance_valid"][:, index[0]]
         warp_poses[f] = compose_transforms(T, instance_T, target_masks, valid)
-    return global_poses, warp_poses, batch_stats
+        if instance_pose in ("residual", "residual_coupled"):
+            motions[f] = ResidualMotions(T, net_T, target_masks, valid)
+    return global_poses, warp_poses, batch_stats, motions or None
 
 
 def instance_statistics(batch: dict, frame_ids: tuple[int, ...]) -> dict[str, jax.Array]:
@@ -301,7 +320,8 @@ def train_poses(
     Returns:
       (global poses, warp poses {f: ``[B, H, W, 4, 4]``; ``[B, 4, 4]``, the global ones, with
       `instance_pose` "none"}, batch_stats, aux scalars, photometric pixel weights
-      ``[B, H, W, 1]``, None with "none").
+      ``[B, H, W, 1]``, None with "none"; residual motions {f: `ResidualMotions`} for
+      `motion_prior`, None unless `instance_pose` is "residual" or "residual_coupled").
     """
     _check_batch(batch)
     live = plugin_warmup.active(step, plugin_warmup.start_step(piecewise_config))
@@ -313,13 +333,43 @@ def train_poses(
         "dropped_mask": batch["dropped_mask"] & on,
     }
     mode = piecewise_config.get("instance_pose", "residual")
+    if piecewise_config.get("motion_prior_weight", 0.0) > 0 and mode not in (
+            "residual", "residual_coupled"):
+        raise ValueError(
+            f"jdepth/training/piecewise.py: piecewise.motion_prior_weight > 0 penalises residual "
+            f"instance motions; piecewise.instance_pose={mode!r} has none (use 'residual' or "
+            "'residual_coupled')")
     # The log scalars describe the batch's instances, gated or not.
-    poses, warp, stats = _poses(
+    poses, warp, stats, motions = _poses(
         pose_net, params, batch_stats, frames, gated, frame_ids, mode, instance_net)
     aux = {**instance_statistics(batch, frame_ids), "piecewise/active": live}
     # Without instance poses every thing pixel has the (global) pose: none is dropped.
     weights = None if mode == "none" else photometric_weights(gated["dropped_mask"])
-    return poses, warp, stats, aux, weights
+    return poses, warp, stats, aux, weights, motions
+
+
+def motion_prior(
+    motions: dict[int, ResidualMotions] | None, depth: jax.Array, inv_K: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`losses.motion_prior.residual_motion_prior`, averaged over the source frames.
+
+    Args:
+      motions: `train_poses`'s last output (None: no residual motions, the prior is 0).
+      depth: ``[B, H, W, 1]`` target depth at the warp's (full) resolution.
+      inv_K: ``[B, 4, 4]`` its inverse intrinsics.
+
+    Returns:
+      (prior, log scalars: the prior and the residual / ego flow ratio on instance pixels).
+    """
+    if not motions:
+        return jnp.float32(0.0), {}
+    priors, ratios = zip(*(
+        motion_prior_lib.residual_motion_prior(
+            depth, inv_K, m.global_T, m.residual_T, m.target_masks, m.valid)
+        for m in motions.values()))
+    prior = sum(priors) / len(priors)
+    return prior, {"piecewise/motion_prior": prior,
+                   "piecewise/residual_flow_ratio": sum(ratios) / len(ratios)}
 
 
 def depth_frozen_mask(batch: dict, piecewise_config, step: jax.Array) -> jax.Array | None:
