@@ -1,12 +1,13 @@
 """Small-motion prior on the residual (per-instance) motions of piece-wise pose.
 
-Not in the seed paper (Sec. 3.3 keeps the photometric loss unchanged); it is the fix that the
-demo budget asked for (issue 7, RESULTS.md). Per object, depth and the object's own motion trade
-off freely: a car twice as far moving twice as fast warps the same. Left free, the residual
-motions of PARKED cars (4 of 5 instances of the synthetic set) drift to 1.5-2.7x the ego
-translation and take away the parallax that the depth net learns from. Gordon et al. (ICCV 2019)
-and Li et al. (CoRL 2020) put an L1 / sparsity prior on the residual translation field for the
-same reason; here it is written for per-instance rigid motions:
+Not in the seed paper (Sec. 3.3 keeps the photometric loss unchanged); a fix tried for what
+the demo budget showed (issue 7, RESULTS.md; what it measured: jdepth/training/piecewise.py).
+Per object, depth and the object's own motion trade off freely: a car twice as far moving
+twice as fast warps the same. Left free, the residual motions of PARKED cars (4 of 5
+instances of the synthetic set) drift to 1.5-2.7x the ego translation and take away the
+parallax that the depth net learns from. Gordon et al. (ICCV 2019) and Li et al. (CoRL 2020)
+put an L1 / sparsity prior on the residual translation field for the same reason; here it is
+written for per-instance rigid motions:
 
   prior = sum over instance pixels p of |(M - I) P(p)|_1 / D(p)  /  (B H W)
 

@@ -39,8 +39,13 @@
   Monodepth2's (unmasked ego pairs, global warp, no pixel dropped; `train_poses`; why:
   jdepth/training/plugin_warmup.py).
 * Small-motion prior (`config.piecewise.motion_prior_weight`, 0 = the paper): the residual
-  scene flow of instance pixels in units of the ego flow (jdepth/losses/motion_prior.py), so a
-  parked car's motion stays at identity unless its photometric error pays for a motion.
+  scene flow of instance pixels per unit depth (jdepth/losses/motion_prior.py), meant to hold a
+  parked car's motion at identity unless its photometric error pays for a motion. Measured (issue
+  7), it does not separate parked from moving cars: the residual net sees only the masked car,
+  not the background or the ego motion, so it cannot tell which part of the car's image motion
+  is the camera's. Weights 0.05 and 0.1 leave every car's residual near the ego translation
+  (median 1.07x / 0.82x, parked and moving alike); weight 0.2 pins every car, moving ones too,
+  at identity (0.01x), which with a separate instance net is the "none" ablation in effect.
 * Depth on instance pixels (`config.piecewise.instance_depth_gradient`): True (the paper: "we do
   not modify the aggregate loss") lets every pixel's photometric error train the depth. False:
   pixels of valid instances train their instance pose only (`depth_frozen_mask`), since a free
