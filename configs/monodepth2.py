@@ -109,7 +109,7 @@ def get_config():
     config.piecewise.instance_depth_gradient = True
     # > 0: small-motion prior on the residual instance motions (jdepth/losses/motion_prior.py;
     # not in the paper, which keeps the loss unchanged): residual scene flow on instance pixels
-    # in units of the ego flow. Needs instance_pose "residual" or "residual_coupled".
+    # per unit depth. Needs instance_pose "residual" or "residual_coupled".
     config.piecewise.motion_prior_weight = 0.0
 
     config.optim = config_dict.ConfigDict()

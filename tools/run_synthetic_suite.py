@@ -55,6 +55,15 @@ _PAPER_WEIGHTS = ("--config.panoptic.weight=0.35", "--config.contrastive.weight=
 # metres. With the reference's parametrisation (depth 0.2 and translation 0.01 x the decoder at
 # step 0) a run whose ego translation grows slowly pushes near pixels onto the min_depth floor.
 _METRIC_INIT = ("--config.model.init_depth=10.0", "--config.model.pose_translation_scale=1.0")
+
+
+def _motion_prior(weight: float, separate: bool = True) -> tuple[str, ...]:
+    """Overrides of a piece-wise run with the small-motion prior (coupled residual motions)."""
+    network = ("--config.piecewise.instance_network=separate",) if separate else ()
+    return ("--config.piecewise.instance_pose=residual_coupled", *network,
+            f"--config.piecewise.motion_prior_weight={weight}")
+
+
 _PLUGINS_OFF = ("--config.panoptic.enabled=False", "--config.contrastive.enabled=False",
                 "--config.data.load_panoptic=False")
 
@@ -135,23 +144,16 @@ SUITE = (
     # per-object motions of parked cars take away the parallax, jdepth/losses/motion_prior.py).
     Entry("monodepth2_piecewise_motion_prior", "demo_piecewise",
           "ablation: piece-wise pose (coupled residual) + small-motion prior 0.2 on the residuals",
-          ("--config.piecewise.instance_pose=residual_coupled",
-           "--config.piecewise.motion_prior_weight=0.2"), ablation=True),
+          _motion_prior(0.2, separate=False), ablation=True),
     Entry("monodepth2_piecewise_separate_motion_prior", "demo_piecewise",
           "ablation: as `monodepth2_piecewise_motion_prior`, the instances with their own pose net",
-          ("--config.piecewise.instance_pose=residual_coupled",
-           "--config.piecewise.instance_network=separate",
-           "--config.piecewise.motion_prior_weight=0.2"), ablation=True),
+          _motion_prior(0.2), ablation=True),
     Entry("monodepth2_piecewise_separate_motion_prior_005", "demo_piecewise",
           "ablation: as `monodepth2_piecewise_separate_motion_prior`, prior weight 0.05",
-          ("--config.piecewise.instance_pose=residual_coupled",
-           "--config.piecewise.instance_network=separate",
-           "--config.piecewise.motion_prior_weight=0.05"), ablation=True),
+          _motion_prior(0.05), ablation=True),
     Entry("monodepth2_piecewise_separate_motion_prior_01", "demo_piecewise",
           "ablation: as `monodepth2_piecewise_separate_motion_prior`, prior weight 0.1",
-          ("--config.piecewise.instance_pose=residual_coupled",
-           "--config.piecewise.instance_network=separate",
-           "--config.piecewise.motion_prior_weight=0.1"), ablation=True),
+          _motion_prior(0.1), ablation=True),
     Entry("monodepth2_piecewise_warmup", "demo_piecewise",
           "ablation: piece-wise pose from step 129 (epoch 3), Monodepth2 steps before",
           ("--config.piecewise.start_step=129",), ablation=True),

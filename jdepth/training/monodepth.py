@@ -279,14 +279,13 @@ def train_step(
                 disps, frames, pyramid, warp_poses, K, inv_K, sample_keys, config,
                 pixel_weights=pixel_weights, step=state.step, depth_frozen_mask=depth_frozen_mask,
             )
-        motion_weight = (config.piecewise.get("motion_prior_weight", 0.0)
-                         if piecewise.is_enabled(config) else 0.0)
-        if residual_motions is not None:
+        if residual_motions is not None:  # piece-wise pose with residual instance motions
             # Logged whenever there are residual motions; it trains only with a weight.
             depth = geometry.disp_to_depth(
                 disps[0], config.model.min_depth, config.model.max_depth)[1]
             prior, prior_aux = piecewise.motion_prior(residual_motions, depth, inv_K)
             piecewise_aux = {**piecewise_aux, **prior_aux}
+            motion_weight = config.piecewise.get("motion_prior_weight", 0.0)
             if motion_weight > 0:
                 total = total + motion_weight * prior
         # Networks without updates here (a separate instance pose net: its updates are
