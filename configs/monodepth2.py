@@ -61,7 +61,8 @@ def get_config():
     # > 0: the automask joins at this step (reference: 0, from the start). See configs/demo.py.
     config.loss.automask_start_step = 0
     config.loss.avg_reprojection = False
-    # Monodepth2's --v1_multiscale: each scale warped at its own resolution (off = full-res multiscale).
+    # Monodepth2's --v1_multiscale: each scale warped at its own resolution (off: full-res
+    # multiscale).
     config.loss.v1_multiscale = False
     # Speed supervision of the pose translation (jdepth/losses/velocity.py); > 0 needs
     # data.load_velocity. Off in the reference recipe; anchors metric scale (DESIGN.md item 8).
@@ -102,6 +103,11 @@ def get_config():
     # "shared": the ego pose net also makes the instance calls (the paper); "separate": the
     # instances get their own PoseNet.
     config.piecewise.instance_network = "shared"
+    # What the instance call sees: "masked" (the paper): both frames masked to the instance;
+    # "ego_warped" (struct2depth): the masked target and the masked source instance carried into
+    # the target by the ego pose and current depth, so only the object's own motion is left to
+    # see. Needs a residual instance_pose.
+    config.piecewise.instance_input = "masked"
     # Warm-up (jdepth/training/plugin_warmup.py): a Monodepth2 step before this step. 0: paper.
     config.piecewise.start_step = 0
     # False: pixels of matched instances train their instance pose, not the depth (the per-object

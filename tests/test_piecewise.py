@@ -1,4 +1,4 @@
-"""Piece-wise pose (jdepth/training/piecewise.py): composed warp, batched instance poses, the step."""
+"""Piece-wise pose (jdepth/training/piecewise.py): composed warp, batched instance calls, step."""
 
 import functools
 
@@ -11,6 +11,19 @@ import pytest
 from conftest import load_config, random_batch, tiny_config
 from flax import linen as nn
 from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fixture)
+from piecewise_scene import (
+    CAR,
+    CAR_MOTION,
+    EGO,
+    GainPoseNet,
+    H,
+    W,
+    erode,
+    intrinsics,
+    one_instance_pair,
+    scene,
+    transform,
+)
 
 from jdepth import geometry
 from jdepth.data import instances
@@ -20,87 +33,18 @@ from jdepth.training import monodepth, piecewise
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
 
-# --------------------------------------------------------------------------------------------
-# An analytic scene: a textured wall at z = 20 m and a textured car face at z = 8 m that moves on
-# its own. Images are ray-cast in numpy, so depth, masks and every transform are exact.
-H, W = 48, 96
-FOCAL = 60.0
-WALL_Z, CAR_Z = 20.0, 8.0
-CAR_HALF_WIDTH, CAR_HALF_HEIGHT = 1.5, 1.0
-
-
-def _intrinsics() -> np.ndarray:
-    return np.array([[FOCAL, 0, (W - 1) / 2, 0], [0, FOCAL, (H - 1) / 2, 0], [0, 0, 1, 0],
-                     [0, 0, 0, 1]])
-
-
-def _transform(axisangle, translation) -> np.ndarray:
-    T = geometry.transformation_from_parameters(
-        jnp.asarray([axisangle], jnp.float32), jnp.asarray([translation], jnp.float32))
-    return np.asarray(T[0], np.float64)
-
-
-def _texture(points: np.ndarray, period: float) -> np.ndarray:
-    """Smooth RGB pattern of the surface coordinates (X, Y) of target-time points."""
-    x, y = points[..., 0], points[..., 1]
-    channels = [0.5 + 0.25 * np.sin(2 * np.pi * (x / period + p)) + 0.2 * np.cos(
-        2 * np.pi * (y / (0.8 * period) + 2 * p)) for p in (0.0, 0.3, 0.6)]
-    return np.stack(channels, axis=-1)
-
-
-def _hit_plane(rays, T, z_plane):
-    """Ray parameter s where rays of a camera meet the plane z = z_plane of the target frame,
-    carried into that camera by T (target -> camera); also the target-frame point hit."""
-    R, t = T[:3, :3], T[:3, 3]
-    normal = R @ np.array([0.0, 0.0, 1.0])
-    s = (z_plane + normal @ t) / (rays @ normal)
-    points = (s[..., None] * rays - t) @ R  # R^T (s r - t), row vectors
-    return s, points
-
-
-def _render(T_wall: np.ndarray, T_car: np.ndarray):
-    """Image [H, W, 3], depth [H, W] and car mask [H, W] seen by a camera at T (target -> it)."""
-    ys, xs = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
-    pix = np.stack([xs, ys, np.ones_like(xs)], -1).astype(np.float64)
-    rays = pix @ np.linalg.inv(_intrinsics()[:3, :3]).T
-    s_wall, wall_points = _hit_plane(rays, T_wall, WALL_Z)
-    s_car, car_points = _hit_plane(rays, T_car, CAR_Z)
-    on_car = (np.abs(car_points[..., 0]) <= CAR_HALF_WIDTH) & (
-        np.abs(car_points[..., 1]) <= CAR_HALF_HEIGHT) & (s_car > 0) & (s_car < s_wall)
-    image = np.where(on_car[..., None], _texture(car_points, 1.1), _texture(wall_points, 4.0))
-    depth = np.where(on_car, s_car, s_wall)  # rays have z = 1: s is the z-depth
-    return image.astype(np.float32), depth.astype(np.float32), on_car
-
-
-EGO = _transform([0.0, 0.02, 0.0], [0.05, 0.0, -0.6])  # the camera drives forward, yawing
-CAR_MOTION = _transform([0.0, -0.06, 0.0], [0.9, 0.0, 0.4])  # the car crosses, target frame
-CAR = EGO @ CAR_MOTION  # target -> source for the car's points
-
-
-def _scene():
-    target, depth, car_mask = _render(np.eye(4), np.eye(4))
-    source, _, _ = _render(EGO, CAR)
-    return target, depth, car_mask, source
-
-
-def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
-    out = mask.copy()
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            out &= np.roll(np.roll(mask, dy, 0), dx, 1)
-    return out
-
 
 def test_composed_warp_aligns_the_moving_car_and_the_global_warp_does_not():
     """The issue's must-show: with the true poses, only the composed warp explains the car."""
-    target, depth, car_mask, source = _scene()
+    target, depth, car_mask, source = scene()
     assert 0.05 < car_mask.mean() < 0.2
-    K = jnp.asarray(_intrinsics(), jnp.float32)[None]
+    K = jnp.asarray(intrinsics(), jnp.float32)[None]
     inv_K = jnp.linalg.inv(K)
     masks = np.stack([car_mask, np.zeros_like(car_mask)])[None]  # slot 1: padding
-    garbage = _transform([0.3, 0.0, 0.0], [5.0, 0.0, 0.0])  # must be ignored (invalid slot)
+    garbage = transform([0.3, 0.0, 0.0], [5.0, 0.0, 0.0])  # must be ignored (invalid slot)
     per_pixel = piecewise.compose_transforms(
-        jnp.asarray(EGO, jnp.float32)[None], jnp.asarray(np.stack([CAR, garbage]), jnp.float32)[None],
+        jnp.asarray(EGO, jnp.float32)[None],
+        jnp.asarray(np.stack([CAR, garbage]), jnp.float32)[None],
         jnp.asarray(masks), jnp.asarray([[True, False]]))
     assert per_pixel.shape == (1, H, W, 4, 4)
     errors, _ = monodepth_losses.reprojection_errors(
@@ -108,10 +52,10 @@ def test_composed_warp_aligns_the_moving_car_and_the_global_warp_does_not():
         {"composed": jnp.asarray(source)[None], "global": jnp.asarray(source)[None]},
         {"composed": per_pixel, "global": jnp.asarray(EGO, jnp.float32)[None]}, K, inv_K)
     errors = np.asarray(errors[0])
-    car = _erode(car_mask, 2)  # the car's outline samples across the occlusion boundary
+    car = erode(car_mask, 2)  # the car's outline samples across the occlusion boundary
     inner = np.zeros((H, W), bool)
     inner[4:-4, 4:-4] = True  # away from the border padding of the sampler
-    wall = _erode(~car_mask, 3) & inner
+    wall = erode(~car_mask, 3) & inner
     composed_car, global_car = errors[car, 0].mean(), errors[car, 1].mean()
     print(f"photometric error on car pixels: composed {composed_car:.4f}, global {global_car:.4f}")
     assert composed_car < 0.01
@@ -171,7 +115,7 @@ def test_depth_frozen_pixels_send_no_depth_gradient_and_the_same_pose_gradient()
 
 
 def test_depth_frozen_mask_covers_kept_target_instances_after_the_start_step():
-    _, batch = _one_instance_pair(0, dropped_pixel=(5, 0))
+    _, batch = one_instance_pair(0, dropped_pixel=(5, 0))
     section = ml_collections.ConfigDict({"instance_depth_gradient": True, "start_step": 3})
     assert piecewise.depth_frozen_mask(batch, section, jnp.asarray(5)) is None
     section.instance_depth_gradient = False
@@ -312,36 +256,9 @@ def _state(config, networks, tx):
     return TrainState.create(params, batch_stats, tx)
 
 
-class _GainPoseNet(nn.Module):
-    """Pose = gain * pixel means of the pair: its params decide its poses."""
-
-    @nn.compact
-    def __call__(self, frame_a, frame_b, train):
-        gain = self.param("gain", nn.initializers.ones, ())
-        means = gain * jnp.mean(jnp.concatenate([frame_a, frame_b], axis=-1), axis=(1, 2))
-        return (0.1 * means[:, :3], means[:, 3:]), {}
-
-
-def _one_instance_pair(seed: int, dropped_pixel=None):
-    """Frames {0, 1} of 6x8 noise, one matched instance, optionally one dropped thing pixel."""
-    rng = np.random.default_rng(seed)
-    height, width = 6, 8
-    frames = {f: jnp.asarray(rng.uniform(size=(1, height, width, 3)), jnp.float32)
-              for f in (0, 1)}
-    masks = np.zeros((1, 2, 1, height, width), bool)
-    masks[:, :, 0, 1:4, 2:6] = True
-    dropped = np.zeros((1, height, width), bool)
-    if dropped_pixel is not None:
-        dropped[(0, *dropped_pixel)] = True
-    batch = {"instance_masks": jnp.asarray(masks), "instance_valid": jnp.ones((1, 2, 1), bool),
-             "thing_mask": jnp.asarray(masks[:, :, 0] | dropped[:, None]),
-             "dropped_mask": jnp.asarray(dropped)}
-    return frames, batch
-
-
 def test_separate_instance_network_makes_the_instance_poses():
-    frames, batch = _one_instance_pair(2)
-    net = _GainPoseNet()
+    frames, batch = one_instance_pair(2)
+    net = GainPoseNet()
     ego = {"gain": jnp.float32(1.0)}
     other = {"gain": jnp.float32(3.0)}
 
@@ -362,8 +279,8 @@ def test_separate_instance_network_makes_the_instance_poses():
 
 
 def test_warmup_is_the_global_step_until_start_step_then_piecewise():
-    frames, batch = _one_instance_pair(3, dropped_pixel=(5, 0))
-    net, params = _GainPoseNet(), {"gain": jnp.float32(1.0)}
+    frames, batch = one_instance_pair(3, dropped_pixel=(5, 0))
+    net, params = GainPoseNet(), {"gain": jnp.float32(1.0)}
     section = load_config("demo_piecewise").piecewise
     section.start_step = 5
 
@@ -392,12 +309,12 @@ def test_warmup_is_the_global_step_until_start_step_then_piecewise():
 
 
 def test_instance_pose_none_is_the_thing_masked_ego_pose_everywhere():
-    frames, batch = _one_instance_pair(4, dropped_pixel=(5, 0))
+    frames, batch = one_instance_pair(4, dropped_pixel=(5, 0))
     section = load_config("demo_piecewise").piecewise
     section.instance_pose = "none"
     calls = []
 
-    class Recording(_GainPoseNet):
+    class Recording(GainPoseNet):
         def __call__(self, frame_a, frame_b, train):
             calls.append(frame_a.shape)
             return super().__call__(frame_a, frame_b, train)
@@ -417,8 +334,8 @@ def test_instance_pose_none_is_the_thing_masked_ego_pose_everywhere():
 
 
 def test_residual_modes_return_the_motions_of_their_valid_slots_for_the_prior():
-    frames, batch = _one_instance_pair(5)
-    net, params = _GainPoseNet(), {"gain": jnp.float32(1.0)}
+    frames, batch = one_instance_pair(5)
+    net, params = GainPoseNet(), {"gain": jnp.float32(1.0)}
     section = load_config("demo_piecewise").piecewise
     section.instance_pose = "residual_coupled"
     g, _, _, _, _, motions = piecewise.train_poses(net, params, {}, frames, batch, (0, 1),
@@ -485,9 +402,11 @@ def test_config_switch_and_pipeline_settings():
 
 
 @pytest.mark.slow
-def test_piecewise_step_compiles_once_for_different_instance_counts():
+@pytest.mark.parametrize("instance_input", ["masked", "ego_warped"])
+def test_piecewise_step_compiles_once_for_different_instance_counts(instance_input):
     config = _config(True, frame_ids=(0, -1))  # an earlier frame: the inverted pair order
     config.piecewise.motion_prior_weight = 0.05
+    config.piecewise.instance_input = instance_input
     networks = monodepth.build_networks(config)
     state = _state(config, networks, optax.adam(1e-4))
     step_fn = functools.partial(monodepth.train_step, networks=networks, config=config)

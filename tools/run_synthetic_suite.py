@@ -57,10 +57,12 @@ _PAPER_WEIGHTS = ("--config.panoptic.weight=0.35", "--config.contrastive.weight=
 _METRIC_INIT = ("--config.model.init_depth=10.0", "--config.model.pose_translation_scale=1.0")
 
 
-def _motion_prior(weight: float, separate: bool = True) -> tuple[str, ...]:
+def _motion_prior(weight: float, separate: bool = True, ego_warped: bool = False
+                  ) -> tuple[str, ...]:
     """Overrides of a piece-wise run with the small-motion prior (coupled residual motions)."""
     network = ("--config.piecewise.instance_network=separate",) if separate else ()
-    return ("--config.piecewise.instance_pose=residual_coupled", *network,
+    view = ("--config.piecewise.instance_input=ego_warped",) if ego_warped else ()
+    return ("--config.piecewise.instance_pose=residual_coupled", *network, *view,
             f"--config.piecewise.motion_prior_weight={weight}")
 
 
@@ -154,6 +156,19 @@ SUITE = (
     Entry("monodepth2_piecewise_separate_motion_prior_01", "demo_piecewise",
           "ablation: as `monodepth2_piecewise_separate_motion_prior`, prior weight 0.1",
           _motion_prior(0.1), ablation=True),
+    # The instance call on the ego-warped source instance (struct2depth's input), so that it
+    # sees the car's motion relative to the camera's (the masked pair shows both mixed).
+    Entry("monodepth2_piecewise_ego_warped", "demo_piecewise",
+          "ablation: piece-wise pose (coupled residual, own instance net) on ego-warped sources",
+          ("--config.piecewise.instance_pose=residual_coupled",
+           "--config.piecewise.instance_network=separate",
+           "--config.piecewise.instance_input=ego_warped"), ablation=True),
+    Entry("monodepth2_piecewise_ego_warped_prior", "demo_piecewise",
+          "ablation: as `monodepth2_piecewise_separate_motion_prior`, instance call on ego-warped "
+          "sources", _motion_prior(0.2, ego_warped=True), ablation=True),
+    Entry("monodepth2_piecewise_ego_warped_prior_01", "demo_piecewise",
+          "ablation: as `monodepth2_piecewise_ego_warped_prior`, prior weight 0.1",
+          _motion_prior(0.1, ego_warped=True), ablation=True),
     Entry("monodepth2_piecewise_warmup", "demo_piecewise",
           "ablation: piece-wise pose from step 129 (epoch 3), Monodepth2 steps before",
           ("--config.piecewise.start_step=129",), ablation=True),

@@ -246,6 +246,9 @@ def train_step(
             depth_vars, frames_aug[0], train=True, mutable=["batch_stats"]
         )
         if piecewise.is_enabled(config):
+            # Full-resolution target depth: the warp's, the motion prior's and the ego view's.
+            depth = geometry.disp_to_depth(
+                disps[0], config.model.min_depth, config.model.max_depth)[1]
             # Ego pose on thing-masked pairs; the warp composes per-instance poses (Sec. 3.3).
             (poses, warp_poses, pose_stats, piecewise_aux, pixel_weights,
              residual_motions) = piecewise.train_poses(
@@ -255,6 +258,7 @@ def train_step(
                     (networks[piecewise.INSTANCE_NET], params[piecewise.INSTANCE_NET],
                      state.batch_stats[piecewise.INSTANCE_NET])
                     if piecewise.INSTANCE_NET in networks else None),
+                ego_view=(depth, K, inv_K),
             )
         else:
             poses, pose_stats = predict_poses(
@@ -281,8 +285,6 @@ def train_step(
             )
         if residual_motions is not None:  # piece-wise pose with residual instance motions
             # Logged whenever there are residual motions; it trains only with a weight.
-            depth = geometry.disp_to_depth(
-                disps[0], config.model.min_depth, config.model.max_depth)[1]
             prior, prior_aux = piecewise.motion_prior(residual_motions, depth, inv_K)
             piecewise_aux = {**piecewise_aux, **prior_aux}
             motion_weight = config.piecewise.get("motion_prior_weight", 0.0)

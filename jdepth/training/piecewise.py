@@ -35,6 +35,19 @@
   pixel weighted out of its loss fails the same way (test AbsRel 0.507 against 0.525): at this
   budget the cars, the nearest and most textured pixels, carry the parallax signal, and free
   per-object motions take it away.
+* What the instance call sees (`config.piecewise.instance_input`). "masked" (the paper): both
+  frames masked to the instance. It shows the car but neither the background nor the ego
+  motion, so the net cannot tell which part of a car's image motion is the camera's (issue 7,
+  motion prior below). "ego_warped" (struct2depth, Casser et al. 2019; residual modes only): the
+  masked target instance and the masked source instance carried into the target view by the ego
+  pose and the current depth (`ego_warped_slots`, both stop-gradient). A parked car with the
+  right depth then lands on itself and a moving one shows only its own motion, which is what
+  the residual M is. Measured (issue 7, separate instance net, coupled residual): better than
+  "masked" in every setting, but it does not separate moving from parked cars. Without a prior
+  the residuals drift as before (val 0.498 at step 86); with prior 0.1 the parked cars' median
+  residual |t| is 0.24x the ego translation (masked: 0.82x) and the moving cars' 0.30x, against
+  a true 0.5-1.8x (ego 8-12 m/s, traffic within 4 m/s of it, oncoming cars 7-14 m/s); with
+  0.2 every car is pinned at 0.01x again.
 * Warm-up (`config.piecewise.start_step`, 0 = the paper): before it the objective is
   Monodepth2's (unmasked ego pairs, global warp, no pixel dropped; `train_poses`; why:
   jdepth/training/plugin_warmup.py).
@@ -116,6 +129,21 @@ def separate_network(config) -> bool:
     return kind == "separate"
 
 
+def uses_ego_view(piecewise_config) -> bool:
+    """Whether the instance call sees ego-warped sources (`instance_input`, validated)."""
+    kind = piecewise_config.get("instance_input", "masked")
+    mode = piecewise_config.get("instance_pose", "residual")
+    if kind not in ("masked", "ego_warped"):
+        raise ValueError(f"jdepth/training/piecewise.py: piecewise.instance_input must be "
+                         f"'masked' or 'ego_warped', got {kind!r}")
+    if kind == "ego_warped" and mode not in ("residual", "residual_coupled"):
+        raise ValueError(
+            f"jdepth/training/piecewise.py: piecewise.instance_input='ego_warped' shows the "
+            f"instance call the motion left after the ego warp, a residual; "
+            f"piecewise.instance_pose={mode!r} is not one (use 'residual' or 'residual_coupled')")
+    return kind == "ego_warped"
+
+
 def pipeline_settings(config) -> dict[str, Any]:
     """`PipelineConfig` fields for the instance targets (max_instances 0 when off)."""
     if not is_enabled(config):
@@ -143,6 +171,25 @@ def _pose_pair(
     return T, updates["batch_stats"]
 
 
+def masked_slots(image: jax.Array, masks: jax.Array) -> jax.Array:
+    """``[B, H, W, C]`` image, ``[B, M, H, W]`` masks -> ``[B, M, H, W, C]``, a copy per slot."""
+    return image[:, None] * masks[..., None].astype(image.dtype)
+
+
+def slot_poses(
+    pose_net: nn.Module, params, batch_stats, frame: int, target_slots: jax.Array,
+    source_slots: jax.Array,
+) -> jax.Array:
+    """``[B, M, 4, 4]`` poses of ``[B, M, H, W, 3]`` slot pairs, ONE batched call (BN updates
+    discarded; padded slots see zero images and their poses must be ignored via the valid flags).
+    """
+    batch, slots = target_slots.shape[:2]
+    T, _ = _pose_pair(
+        pose_net, params, batch_stats, frame, target_slots.reshape(-1, *target_slots.shape[2:]),
+        source_slots.reshape(-1, *source_slots.shape[2:]))
+    return T.reshape(batch, slots, 4, 4)
+
+
 def instance_poses(
     pose_net: nn.Module,
     params,
@@ -153,7 +200,7 @@ def instance_poses(
     target_masks: jax.Array,
     source_masks: jax.Array,
 ) -> jax.Array:
-    """One pose per instance slot, all slots in one batched call (BN updates discarded).
+    """One pose per instance slot from the pair masked to it (the paper's instance input).
 
     Args:
       pose_net: the recipe's PoseNet.
@@ -165,20 +212,39 @@ def instance_poses(
       source_masks: ``[B, M, H, W]`` the matched masks in frame ``frame``.
 
     Returns:
-      ``[B, M, 4, 4]`` target->source transform of every slot (padded slots see zero images;
-      their poses are meaningless and must be ignored through the valid flags).
+      ``[B, M, 4, 4]`` target->source transform of every slot (`slot_poses`).
     """
-    batch, slots, height, width = target_masks.shape
+    return slot_poses(pose_net, params, batch_stats, frame, masked_slots(target, target_masks),
+                      masked_slots(source, source_masks))
 
-    def masked(image, masks):
-        images = image[:, None] * masks[..., None].astype(image.dtype)
-        return images.reshape(batch * slots, height, width, image.shape[-1])
 
-    T, _ = _pose_pair(
-        pose_net, params, batch_stats, frame, masked(target, target_masks),
-        masked(source, source_masks)
-    )
-    return T.reshape(batch, slots, 4, 4)
+def ego_warped_slots(
+    source: jax.Array, source_masks: jax.Array, depth: jax.Array, global_T: jax.Array,
+    K: jax.Array, inv_K: jax.Array,
+) -> jax.Array:
+    """Each masked source instance carried into the target view by the ego motion alone.
+
+    struct2depth's object-motion input (Casser et al. 2019): after the ego warp a parked car
+    with the right depth lands on itself, and what is left to see is the object's own motion, the
+    residual the instance net predicts. Depth and pose are constants here (stop-gradient): the
+    input is a view of the current estimate, not a path for the instance poses to train them.
+
+    Args:
+      source: ``[B, H, W, 3]`` source frame.
+      source_masks: ``[B, M, H, W]`` the slots' masks in the source frame.
+      depth: ``[B, H, W, 1]`` target depth.
+      global_T: ``[B, 4, 4]`` ego target->source transform.
+      K, inv_K: ``[B, 4, 4]`` intrinsics at the resolution of ``depth``.
+
+    Returns:
+      ``[B, M, H, W, 3]``: slot m is warp(source * mask_m), zero where it samples outside.
+    """
+    batch, slots, height, width = source_masks.shape
+    stacked = jnp.moveaxis(masked_slots(source, source_masks), 1, 3)  # [B, H, W, M, 3]
+    warped, _ = geometry.inverse_warp(
+        stacked.reshape(batch, height, width, slots * 3), jax.lax.stop_gradient(depth),
+        jax.lax.stop_gradient(global_T), K, inv_K, padding="zeros")
+    return jnp.moveaxis(warped.reshape(batch, height, width, slots, 3), 3, 1)
 
 
 def instance_transforms(global_T: jax.Array, net_T: jax.Array, mode: str) -> jax.Array:
@@ -235,6 +301,7 @@ def predict_piecewise_poses(
     pose_net: nn.Module, params, batch_stats, frames: dict[int, jax.Array], batch: dict,
     frame_ids: tuple[int, ...], instance_pose: str = "residual",
     instance_net: tuple[nn.Module, Any, Any] | None = None,
+    ego_view: tuple[jax.Array, jax.Array, jax.Array] | None = None,
 ) -> tuple[dict[int, jax.Array], dict[int, jax.Array], Any, dict[str, jax.Array]]:
     """Global and composed poses of every source frame (module docstring), train mode.
 
@@ -247,6 +314,9 @@ def predict_piecewise_poses(
       instance_pose: "residual" or "absolute" (`instance_transforms`).
       instance_net: (network, params, batch_stats) of a separate instance pose net; None: the
         instance call uses `pose_net` (shared).
+      ego_view: None: the instance call sees the pair masked to the instance (the paper).
+        (depth ``[B, H, W, 1]``, K, inv_K ``[B, 4, 4]``): it sees the masked target and the
+        masked source instance after the ego warp with that depth (`ego_warped_slots`).
 
     Returns:
       (global poses {f: ``[B, 4, 4]``}, warp poses {f: ``[B, H, W, 4, 4]``}, updated
@@ -254,15 +324,20 @@ def predict_piecewise_poses(
     """
     _check_batch(batch)
     global_poses, warp_poses, batch_stats, _ = _poses(
-        pose_net, params, batch_stats, frames, batch, frame_ids, instance_pose, instance_net)
+        pose_net, params, batch_stats, frames, batch, frame_ids, instance_pose, instance_net,
+        ego_view)
     return global_poses, warp_poses, batch_stats, instance_statistics(batch, frame_ids)
 
 
-def _poses(pose_net, params, batch_stats, frames, batch, frame_ids, instance_pose, instance_net):
+def _poses(pose_net, params, batch_stats, frames, batch, frame_ids, instance_pose, instance_net,
+           ego_view=None):
     """`predict_piecewise_poses` without the batch check and the log scalars.
 
     The fourth output maps each source frame to `ResidualMotions` (None with "none"/"absolute").
     """
+    if ego_view is not None and instance_pose not in ("residual", "residual_coupled"):
+        raise ValueError(f"jdepth/training/piecewise.py: an ego view shows the instance call a "
+                         f"residual motion; instance_pose={instance_pose!r} is not one")
     index = {f: i for i, f in enumerate(frame_ids)}
     keep = 1.0 - batch["thing_mask"].astype(jnp.float32)[..., None]
     target_masks = batch["instance_masks"][:, index[0]]
@@ -279,10 +354,14 @@ def _poses(pose_net, params, batch_stats, frames, batch, frame_ids, instance_pos
             continue
         net, net_params, net_stats = (
             (pose_net, params, batch_stats) if shared else instance_net)
-        net_T = instance_poses(
-            net, net_params, net_stats, f, frames[0], frames[f], target_masks,
-            batch["instance_masks"][:, index[f]]
-        )
+        source_masks = batch["instance_masks"][:, index[f]]
+        if ego_view is None:
+            net_T = instance_poses(net, net_params, net_stats, f, frames[0], frames[f],
+                                   target_masks, source_masks)
+        else:
+            net_T = slot_poses(net, net_params, net_stats, f, masked_slots(frames[0], target_masks),
+                               ego_warped_slots(frames[f], source_masks, ego_view[0], T,
+                                                *ego_view[1:]))
         instance_T = instance_transforms(T, net_T, instance_pose)
         valid = batch["instance_valid"][:, index[f]] & batch["instance_valid"][:, index[0]]
         warp_poses[f] = compose_transforms(T, instance_T, target_masks, valid)
@@ -308,6 +387,7 @@ def train_poses(
     pose_net: nn.Module, params, batch_stats, frames: dict[int, jax.Array], batch: dict,
     frame_ids: tuple[int, ...], piecewise_config, step: jax.Array,
     instance_net: tuple[nn.Module, Any, Any] | None = None,
+    ego_view: tuple[jax.Array, jax.Array, jax.Array] | None = None,
 ) -> tuple[dict[int, jax.Array], dict[int, jax.Array], Any, dict[str, jax.Array], jax.Array]:
     """The poses of a piece-wise step, with the warm-up `piecewise.start_step`.
 
@@ -318,8 +398,11 @@ def train_poses(
     `lax.cond`), so the warm-up costs a piece-wise step.
 
     Args:
-      piecewise_config: the `config.piecewise` section (`instance_pose`, `start_step`).
+      piecewise_config: the `config.piecewise` section (`instance_pose`, `instance_input`,
+        `start_step`, `motion_prior_weight`).
       step: the state's step.
+      ego_view: (depth ``[B, H, W, 1]``, K, inv_K) for `instance_input` "ego_warped"; ignored
+        with "masked".
       Others: as `predict_piecewise_poses`.
 
     Returns:
@@ -344,9 +427,14 @@ def train_poses(
             f"jdepth/training/piecewise.py: piecewise.motion_prior_weight > 0 penalises residual "
             f"instance motions; piecewise.instance_pose={mode!r} has none (use 'residual' or "
             "'residual_coupled')")
+    if not uses_ego_view(piecewise_config):
+        ego_view = None
+    elif ego_view is None:
+        raise ValueError("jdepth/training/piecewise.py: piecewise.instance_input='ego_warped' "
+                         "needs ego_view=(depth, K, inv_K) for the ego warp")
     # The log scalars describe the batch's instances, gated or not.
     poses, warp, stats, motions = _poses(
-        pose_net, params, batch_stats, frames, gated, frame_ids, mode, instance_net)
+        pose_net, params, batch_stats, frames, gated, frame_ids, mode, instance_net, ego_view)
     aux = {**instance_statistics(batch, frame_ids), "piecewise/active": live}
     # Without instance poses every thing pixel has the (global) pose: none is dropped.
     weights = None if mode == "none" else photometric_weights(gated["dropped_mask"])
