@@ -78,7 +78,7 @@ def collect(workdir: str, batches: int) -> tuple[dict, int]:
     """Restores `workdir` and measures its residual motions (module docstring)."""
     config = checkpoint.load_config(workdir)
     if not piecewise.is_enabled(config) or config.piecewise.get(
-            "instance_pose", "residual") not in ("residual", "residual_coupled"):
+            "instance_pose", "residual") not in piecewise.RESIDUAL_MODES:
         raise ValueError(f"{workdir}: not a piece-wise run with residual instance motions")
     recipe = recipes.get(config.recipe)
     networks = recipe.build_networks(config, bn_axis_name=None)
@@ -86,15 +86,12 @@ def collect(workdir: str, batches: int) -> tuple[dict, int]:
     model, step = checkpoint.restore_params(
         workdir, {"params": shapes[0], "batch_stats": shapes[1], "extra": {}})
     params, stats = model["params"], model["batch_stats"]
-    instance = ((networks[piecewise.INSTANCE_NET], params[piecewise.INSTANCE_NET],
-                 stats[piecewise.INSTANCE_NET]) if piecewise.INSTANCE_NET in networks else
-                (networks["pose"], params["pose"], stats["pose"]))
-    ego_view = piecewise.uses_ego_view(config.piecewise)
+    instance_net = ((networks[piecewise.INSTANCE_NET], params[piecewise.INSTANCE_NET],
+                     stats[piecewise.INSTANCE_NET]) if piecewise.INSTANCE_NET in networks else None)
     pcfg = loop.pipeline_config(config)
     split = config.data.train_split
     refs = kitti.read_split_file(split)
     ids = tuple(config.data.frame_ids)
-    index = {f: i for i, f in enumerate(ids)}
     moving, ratios, angles = [], [], []
     dataset = pipeline.make_dataset(pcfg, split, batch_size=config.train.batch_size, seed=0,
                                     train=False)
@@ -105,32 +102,23 @@ def collect(workdir: str, batches: int) -> tuple[dict, int]:
             continue
         batch = jax.tree_util.tree_map(jnp.asarray, batch)
         frames, _, _, K, inv_K = monodepth.prepare_batch(batch, config)
-        keep = 1.0 - batch["thing_mask"].astype(jnp.float32)[..., None]
-        if ego_view:
+        ego_view = None
+        if piecewise.uses_ego_view(config.piecewise):  # its depth as the step makes it (train BN)
             (disps, _), _ = networks["depth"].apply(
                 {"params": params["depth"], "batch_stats": stats["depth"]}, frames[0],
                 train=True, mutable=["batch_stats"])
-            depth = geometry.disp_to_depth(
-                disps[0], config.model.min_depth, config.model.max_depth)[1]
-        target_masks = batch["instance_masks"][:, index[0]]
-        panoptic = np.asarray(batch["panoptic"][:, index[0]])
-        for f in (f for f in ids if f != 0):
-            T, _ = piecewise._pose_pair(
-                networks["pose"], params["pose"], stats["pose"], f,
-                frames[0] * keep[:, index[0]], frames[f] * keep[:, index[f]])
-            source_masks = batch["instance_masks"][:, index[f]]
-            if ego_view:
-                M = piecewise.slot_poses(
-                    *instance, f, piecewise.masked_slots(frames[0], target_masks),
-                    piecewise.ego_warped_slots(frames[f], source_masks, depth, T, K, inv_K))
-            else:
-                M = piecewise.instance_poses(*instance, f, frames[0], frames[f], target_masks,
-                                             source_masks)
-            valid = np.asarray(batch["instance_valid"][:, index[f]]
-                               & batch["instance_valid"][:, index[0]])
-            r, a = slot_motions(np.asarray(M), np.asarray(T), valid)
-            slot_ids = majority_ids(panoptic, np.asarray(target_masks), valid)
-            drives = [refs[int(i)].folder for i in np.asarray(batch["index"])]
+            ego_view = (geometry.disp_to_depth(
+                disps[0], config.model.min_depth, config.model.max_depth)[1], K, inv_K)
+        # The train step's own pose calls, at the restored step.
+        motions = piecewise.train_poses(
+            networks["pose"], params["pose"], stats["pose"], frames, batch, ids, config.piecewise,
+            jnp.int32(step), instance_net=instance_net, ego_view=ego_view)[-1]
+        panoptic = np.asarray(batch["panoptic"][:, ids.index(0)])
+        drives = [refs[int(i)].folder for i in np.asarray(batch["index"])]
+        for m in motions.values():
+            valid = np.asarray(m.valid)
+            r, a = slot_motions(np.asarray(m.residual_T), np.asarray(m.global_T), valid)
+            slot_ids = majority_ids(panoptic, np.asarray(m.target_masks), valid)
             for (b, _), pid in zip(zip(*np.nonzero(valid)), slot_ids):
                 movers = regions.moving_panoptic_ids(os.path.join(pcfg.root, drives[b]))
                 if movers is None:

@@ -101,6 +101,8 @@ from jdepth.losses import motion_prior as motion_prior_lib
 from jdepth.training import plugin_warmup
 
 INSTANCE_NET = "instance_pose"  # params / batch_stats key of the "separate" instance pose net
+# `instance_pose` modes whose net output is the object's own motion M (instance = ego @ M).
+RESIDUAL_MODES = ("residual", "residual_coupled")
 
 
 class ResidualMotions(NamedTuple):
@@ -136,7 +138,7 @@ def uses_ego_view(piecewise_config) -> bool:
     if kind not in ("masked", "ego_warped"):
         raise ValueError(f"jdepth/training/piecewise.py: piecewise.instance_input must be "
                          f"'masked' or 'ego_warped', got {kind!r}")
-    if kind == "ego_warped" and mode not in ("residual", "residual_coupled"):
+    if kind == "ego_warped" and mode not in RESIDUAL_MODES:
         raise ValueError(
             f"jdepth/training/piecewise.py: piecewise.instance_input='ego_warped' shows the "
             f"instance call the motion left after the ego warp, a residual; "
@@ -335,7 +337,7 @@ def _poses(pose_net, params, batch_stats, frames, batch, frame_ids, instance_pos
 
     The fourth output maps each source frame to `ResidualMotions` (None with "none"/"absolute").
     """
-    if ego_view is not None and instance_pose not in ("residual", "residual_coupled"):
+    if ego_view is not None and instance_pose not in RESIDUAL_MODES:
         raise ValueError(f"jdepth/training/piecewise.py: an ego view shows the instance call a "
                          f"residual motion; instance_pose={instance_pose!r} is not one")
     index = {f: i for i, f in enumerate(frame_ids)}
@@ -355,17 +357,14 @@ def _poses(pose_net, params, batch_stats, frames, batch, frame_ids, instance_pos
         net, net_params, net_stats = (
             (pose_net, params, batch_stats) if shared else instance_net)
         source_masks = batch["instance_masks"][:, index[f]]
-        if ego_view is None:
-            net_T = instance_poses(net, net_params, net_stats, f, frames[0], frames[f],
-                                   target_masks, source_masks)
-        else:
-            net_T = slot_poses(net, net_params, net_stats, f, masked_slots(frames[0], target_masks),
-                               ego_warped_slots(frames[f], source_masks, ego_view[0], T,
-                                                *ego_view[1:]))
+        source_slots = (masked_slots(frames[f], source_masks) if ego_view is None else
+                        ego_warped_slots(frames[f], source_masks, ego_view[0], T, *ego_view[1:]))
+        net_T = slot_poses(net, net_params, net_stats, f, masked_slots(frames[0], target_masks),
+                           source_slots)
         instance_T = instance_transforms(T, net_T, instance_pose)
         valid = batch["instance_valid"][:, index[f]] & batch["instance_valid"][:, index[0]]
         warp_poses[f] = compose_transforms(T, instance_T, target_masks, valid)
-        if instance_pose in ("residual", "residual_coupled"):
+        if instance_pose in RESIDUAL_MODES:
             motions[f] = ResidualMotions(T, net_T, target_masks, valid)
     return global_poses, warp_poses, batch_stats, motions or None
 
@@ -421,8 +420,7 @@ def train_poses(
         "dropped_mask": batch["dropped_mask"] & on,
     }
     mode = piecewise_config.get("instance_pose", "residual")
-    if piecewise_config.get("motion_prior_weight", 0.0) > 0 and mode not in (
-            "residual", "residual_coupled"):
+    if piecewise_config.get("motion_prior_weight", 0.0) > 0 and mode not in RESIDUAL_MODES:
         raise ValueError(
             f"jdepth/training/piecewise.py: piecewise.motion_prior_weight > 0 penalises residual "
             f"instance motions; piecewise.instance_pose={mode!r} has none (use 'residual' or "
