@@ -117,6 +117,13 @@ def get_config():
     # not in the paper, which keeps the loss unchanged): residual scene flow on instance pixels
     # per unit depth. Needs instance_pose "residual" or "residual_coupled".
     config.piecewise.motion_prior_weight = 0.0
+    # > 0: object-size prior (jdepth/losses/object_size.py; struct2depth's, not in the paper):
+    # every car's log(mean depth x image rows spanned) pulled to the batch median, so a moving
+    # car's depth follows its size where its photometric error cannot pin it.
+    config.piecewise.size_prior_weight = 0.0
+    # > 0: ground-contact prior (jdepth/losses/ground_contact.py; not in the paper): each car's
+    # lowest rows pulled to the depth of the road right below them (the road: stop-gradient).
+    config.piecewise.contact_prior_weight = 0.0
 
     config.optim = config_dict.ConfigDict()
     config.optim.lr = 1e-4

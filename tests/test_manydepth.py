@@ -239,6 +239,9 @@ def test_teacher_min_reduction_is_the_monodepth2_objective():
         md_losses.teacher_loss(*args, reduction="mean", **kw)
 
 
+# Slow: eager initialisation of three ResNets and the cost-volume net compiles ~350 small XLA
+# programs (~40 s on 2 cores); jitting the init is slower still (one ~75 s compile).
+@pytest.mark.slow
 def test_teacher_and_pose_start_from_the_monodepth2_recipes_initial_values():
     # Same seed, same initial teacher and pose as the Monodepth2 recipe (configs/manydepth_demo.py):
     # with teacher_reduction="min" the teacher then trains as the Monodepth2 run does.

@@ -406,6 +406,8 @@ def test_config_switch_and_pipeline_settings():
 def test_piecewise_step_compiles_once_for_different_instance_counts(instance_input):
     config = _config(True, frame_ids=(0, -1))  # an earlier frame: the inverted pair order
     config.piecewise.motion_prior_weight = 0.05
+    config.piecewise.size_prior_weight = 0.1
+    config.piecewise.contact_prior_weight = 0.1
     config.piecewise.instance_input = instance_input
     networks = monodepth.build_networks(config)
     state = _state(config, networks, optax.adam(1e-4))
@@ -424,6 +426,8 @@ def test_piecewise_step_compiles_once_for_different_instance_counts(instance_inp
     for step_metrics in metrics:
         assert all(np.isfinite(v) for v in step_metrics.values()), step_metrics
         assert step_metrics["piecewise/motion_prior"] >= 0.0
+        assert step_metrics["size/deviation"] >= 0.0
+        assert step_metrics["contact/deviation"] >= 0.0
     final = dp.get_state(current)
     assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(final.params))
 

@@ -119,3 +119,35 @@ def test_evaluation_is_computed_once_per_finished_run(tmp_path, monkeypatch):
     assert out == {"n": 2, "regions": all_regions, "panoptic": {"pq": 30.0}}
     assert len(calls) == 2 and len(region_calls) == 1
     assert suite.evaluate(entry, str(tmp_path)) == out and len(region_calls) == 1
+
+
+def test_recorded_numbers_stand_in_for_missing_run_folders(tmp_path, monkeypatch):
+    """--recorded: a fresh checkout (no runs/) rewrites RESULTS.md from the recorded JSON for the
+    entries it does not train again, and trains and evaluates the others."""
+    suite = _suite()
+    names = ("monodepth2", "monodepth2_seed1")
+    regions = {k: {"abs_rel": 0.3} for k in suite.REGIONS}
+    recorded = {"results": {n: {"train": {"abs_rel": 0.1 * i}, "eval": {"regions": regions}}
+                            for i, n in enumerate(names)},
+                "baseline_regions": {"all": {"abs_rel": 0.35}}}
+    (tmp_path / "recorded.json").write_text(json.dumps(recorded))
+    (tmp_path / "runs" / "monodepth2_seed1").mkdir(parents=True)  # this one was trained again
+    trained = []
+    monkeypatch.setattr(suite, "train", lambda entry, runs, log: trained.append(entry.name) or {
+        "abs_rel": 0.9})
+    monkeypatch.setattr(suite, "evaluate", lambda entry, runs: {"regions": regions, "new": 1})
+    monkeypatch.setattr(suite, "baseline_regions", lambda entry, runs: {"from": entry.name})
+    written = {}
+    monkeypatch.setattr(suite, "write_results", lambda entries, results, baseline, path, fig:
+                        written.update(results=results, baseline=baseline, figure=fig))
+    assert suite.main(["--runs", str(tmp_path / "runs"), "--only", ",".join(names),
+                       "--results", str(tmp_path / "R.md"),
+                       "--recorded", str(tmp_path / "recorded.json")]) == 0
+    assert trained == ["monodepth2_seed1"]
+    assert written["results"]["monodepth2"] == recorded["results"]["monodepth2"]
+    assert written["results"]["monodepth2_seed1"] == {"train": {"abs_rel": 0.9},
+                                                      "eval": {"regions": regions, "new": 1}}
+    assert written["baseline"] == {"from": "monodepth2_seed1"}
+    assert written["figure"].endswith("synthetic_suite.png")  # linked, not redrawn
+    saved = json.loads((tmp_path / "R.json").read_text())
+    assert saved["results"]["monodepth2"] == recorded["results"]["monodepth2"]

@@ -20,7 +20,7 @@ from flax import linen as nn
 from jdepth import geometry
 from jdepth.data import device_transforms
 from jdepth.interop import encoder_init
-from jdepth.losses import issl
+from jdepth.losses import ground_contact, issl, object_size
 from jdepth.losses import monodepth as monodepth_losses
 from jdepth.losses import velocity as velocity_lib
 from jdepth.models.depth_decoder import DepthNet
@@ -290,6 +290,16 @@ def train_step(
             motion_weight = config.piecewise.get("motion_prior_weight", 0.0)
             if motion_weight > 0:
                 total = total + motion_weight * prior
+        if piecewise.is_enabled(config):
+            # Per-object depth priors: logged in every piece-wise run, trained only with a weight.
+            masks, valid = piecewise.target_instances(batch, config.piecewise, state.step)
+            size, size_aux = object_size.size_prior(depth, masks, valid)
+            contact, contact_aux = ground_contact.contact_prior(
+                depth, masks, valid, batch["thing_mask"][:, 0])
+            piecewise_aux = {**piecewise_aux, **size_aux, **contact_aux}
+            for weight, prior in (("size_prior_weight", size), ("contact_prior_weight", contact)):
+                if config.piecewise.get(weight, 0.0) > 0:
+                    total = total + config.piecewise[weight] * prior
         # Networks without updates here (a separate instance pose net: its updates are
         # discarded, jdepth/training/piecewise.py) keep their statistics.
         batch_stats = {**state.batch_stats, "depth": depth_updates["batch_stats"],

@@ -27,14 +27,11 @@
   "absolute": the net predicts the whole
   target->source transform of the instance; it starts at identity (the car pixels do not move,
   whatever their depth: no depth signal there until the net learns the ego motion from them).
-  What the demo budget measured (RESULTS.md, issue 7): the thing-masked ego pairs alone cost
-  little (test AbsRel 0.295 against 0.263-0.275); the instance branch is what hurts depth. Its
-  residual motions do not stay near identity for the parked cars (4 of 5 instances of the
-  synthetic set): the trained nets give them a median |t| of 1.5-2.7x the ego translation, so
-  per object the depth / motion trade-off is free and drifts. Plain Monodepth2 with every thing
-  pixel weighted out of its loss fails the same way (test AbsRel 0.507 against 0.525): at this
-  budget the cars, the nearest and most textured pixels, carry the parallax signal, and free
-  per-object motions take it away.
+  Measured (RESULTS.md, issue 7): the thing-masked ego pairs alone cost little (test AbsRel
+  0.295 against 0.263-0.275); the instance branch hurts depth. Parked cars (4 of 5 instances)
+  get residuals of 1.5-2.7x the ego translation: per object the depth / motion trade-off is
+  free, and at this budget the cars carry the parallax signal (Monodepth2 with every thing pixel
+  weighted out fails the same way, 0.507).
 * What the instance call sees (`config.piecewise.instance_input`). "masked" (the paper): both
   frames masked to the instance. It shows the car but neither the background nor the ego
   motion, so the net cannot tell which part of a car's image motion is the camera's (issue 7,
@@ -42,23 +39,22 @@
   masked target instance and the masked source instance carried into the target view by the ego
   pose and the current depth (`ego_warped_slots`, both stop-gradient). A parked car with the
   right depth then lands on itself and a moving one shows only its own motion, which is what
-  the residual M is. Measured (issue 7, separate instance net, coupled residual): better than
-  "masked" in every setting, but it does not separate moving from parked cars. Without a prior
-  the residuals drift as before (val 0.498 at step 86); with prior 0.1 the parked cars' median
-  residual |t| is 0.24x the ego translation (masked: 0.82x) and the moving cars' 0.30x, against
-  a true 0.5-1.8x (ego 8-12 m/s, traffic within 4 m/s of it, oncoming cars 7-14 m/s); with
-  0.2 every car is pinned at 0.01x again.
+  the residual M is. Measured (issue 7): better than "masked" in every setting, but it does not
+  separate moving from parked cars: with motion prior 0.1 the median residual |t| is 0.24x the
+  ego translation for parked cars (masked: 0.82x) and 0.30x for moving ones (true: 0.5-1.8x).
 * Warm-up (`config.piecewise.start_step`, 0 = the paper): before it the objective is
   Monodepth2's (unmasked ego pairs, global warp, no pixel dropped; `train_poses`; why:
   jdepth/training/plugin_warmup.py).
 * Small-motion prior (`config.piecewise.motion_prior_weight`, 0 = the paper): the residual
   scene flow of instance pixels per unit depth (jdepth/losses/motion_prior.py), meant to hold a
-  parked car's motion at identity unless its photometric error pays for a motion. Measured (issue
-  7), it does not separate parked from moving cars: the residual net sees only the masked car,
-  not the background or the ego motion, so it cannot tell which part of the car's image motion
-  is the camera's. Weights 0.05 and 0.1 leave every car's residual near the ego translation
-  (median 1.07x / 0.82x, parked and moving alike); weight 0.2 pins every car, moving ones too,
-  at identity (0.01x), which with a separate instance net is the "none" ablation in effect.
+  parked car's motion at identity unless its photometric error pays for a motion. On masked
+  inputs it does not separate parked from moving cars (issue 7): at 0.05 / 0.1 every car's
+  residual stays near the ego translation (median 1.07x / 0.82x); 0.2 pins every car at 0.01x.
+* Per-object depth priors (not in the paper; 0 = off; both logged in every piece-wise run): the
+  object's own motion leaves its depth free, so these pin it by geometry instead of photometry.
+  `size_prior_weight`: one real height per class, log(mean depth x rows spanned) pulled to the
+  batch median (jdepth/losses/object_size.py, struct2depth's). `contact_prior_weight`: a car's
+  lowest rows pulled to the depth of the road below them (jdepth/losses/ground_contact.py).
 * Depth on instance pixels (`config.piecewise.instance_depth_gradient`): True (the paper: "we do
   not modify the aggregate loss") lets every pixel's photometric error train the depth. False:
   pixels of valid instances train their instance pose only (`depth_frozen_mask`), since a free
@@ -480,9 +476,15 @@ def depth_frozen_mask(batch: dict, piecewise_config, step: jax.Array) -> jax.Arr
     """
     if piecewise_config.get("instance_depth_gradient", True):
         return None
+    masks, valid = target_instances(batch, piecewise_config, step)
+    return jnp.any(masks & valid[:, :, None, None], axis=1)[..., None]
+
+
+def target_instances(batch: dict, piecewise_config, step: jax.Array
+                     ) -> tuple[jax.Array, jax.Array]:
+    """Frame 0's slots: masks ``[B, M, H, W]`` and valid ``[B, M]`` (none before `start_step`)."""
     live = plugin_warmup.active(step, plugin_warmup.start_step(piecewise_config)) > 0
-    masks = batch["instance_masks"][:, 0] & batch["instance_valid"][:, 0, :, None, None]
-    return (jnp.any(masks, axis=1) & live)[..., None]
+    return batch["instance_masks"][:, 0], batch["instance_valid"][:, 0] & live
 
 
 def _check_batch(batch: dict) -> None:
