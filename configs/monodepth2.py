@@ -122,7 +122,7 @@ def get_config():
     # car's depth follows its size where its photometric error cannot pin it.
     config.piecewise.size_prior_weight = 0.0
     # > 0: ground-contact prior (jdepth/losses/ground_contact.py; not in the paper): each car's
-    # lowest rows pulled to the depth of the road right below them (the road: stop-gradient).
+    # lowest rows and the road right below them pulled together in log depth.
     config.piecewise.contact_prior_weight = 0.0
 
     config.optim = config_dict.ConfigDict()

@@ -8,7 +8,8 @@ from conftest import REPO, load_config
 
 
 def _suite():
-    spec = importlib.util.spec_from_file_location("suite", REPO / "tools" / "run_synthetic_suite.py")
+    spec = importlib.util.spec_from_file_location("suite",
+                                                  REPO / "tools" / "run_synthetic_suite.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["suite"] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
@@ -87,6 +88,9 @@ def test_results_page_tables(tmp_path):
     assert "| `b` | 41.5 | 70.0 | 55.0 | 20.0 | 50.0 |" in text
     assert "![suite](fig.png)" in text
     assert "| `a` | 0.095 | 1.266 | 0.688 | 0.059 | 0.000 |" in text  # cost volume table
+    assert "recorded numbers" not in text
+    suite.write_results(entries, results, baseline, str(path), None, recorded=("a", "c"))
+    assert "2 of the 3 rows are recorded numbers of earlier runs" in path.read_text()
 
 
 def test_evaluation_is_computed_once_per_finished_run(tmp_path, monkeypatch):
@@ -138,8 +142,9 @@ def test_recorded_numbers_stand_in_for_missing_run_folders(tmp_path, monkeypatch
     monkeypatch.setattr(suite, "evaluate", lambda entry, runs: {"regions": regions, "new": 1})
     monkeypatch.setattr(suite, "baseline_regions", lambda entry, runs: {"from": entry.name})
     written = {}
-    monkeypatch.setattr(suite, "write_results", lambda entries, results, baseline, path, fig:
-                        written.update(results=results, baseline=baseline, figure=fig))
+    monkeypatch.setattr(suite, "write_results", lambda entries, results, baseline, path, fig,
+                        recorded: written.update(results=results, baseline=baseline, figure=fig,
+                                                 recorded=recorded))
     assert suite.main(["--runs", str(tmp_path / "runs"), "--only", ",".join(names),
                        "--results", str(tmp_path / "R.md"),
                        "--recorded", str(tmp_path / "recorded.json")]) == 0
@@ -149,5 +154,6 @@ def test_recorded_numbers_stand_in_for_missing_run_folders(tmp_path, monkeypatch
                                                       "eval": {"regions": regions, "new": 1}}
     assert written["baseline"] == {"from": "monodepth2_seed1"}
     assert written["figure"].endswith("synthetic_suite.png")  # linked, not redrawn
+    assert written["recorded"] == ("monodepth2",)
     saved = json.loads((tmp_path / "R.json").read_text())
     assert saved["results"]["monodepth2"] == recorded["results"]["monodepth2"]

@@ -346,7 +346,7 @@ def _fmt(value, digits=3):
 
 
 def write_results(entries, results: dict, baseline: dict, path: str,
-                  figure_path: str | None) -> None:
+                  figure_path: str | None, recorded: tuple[str, ...] = ()) -> None:
     first = results[entries[0].name]
     base = first["train"].get("baseline_mean_depth", {})
     lines = [
@@ -380,6 +380,10 @@ def write_results(entries, results: dict, baseline: dict, path: str,
         lines += ["", f"Training all {len(entries)} runs took {sum(walls) / 3600:.1f} h of wall "
                       "time in total (the sum of the `wall` column; evaluation adds a few "
                       "minutes)."]
+    if recorded:
+        lines += ["", f"{len(recorded)} of the {len(entries)} rows are recorded numbers of earlier "
+                      "runs of this tool (`--recorded`), possibly from another machine: reruns "
+                      "there differ by about the seed spread."]
     lines += [
         "",
         "## AbsRel by region (exact dense depth, median scaling)",
@@ -490,7 +494,8 @@ def main(argv=None) -> int:
         figure(shown, args.runs, figure_path)
     elif figure_path:  # recorded entries have numbers, not depth maps: keep the drawn figure
         print(f"[suite] {figure_path} kept as it is: not every shown entry has a run folder")
-    write_results(entries, results, baseline, args.results, figure_path)
+    write_results(entries, results, baseline, args.results, figure_path,
+                  tuple(e.name for e in entries if e not in present))
     json_path = args.json or os.path.splitext(args.results)[0] + ".json"
     with open(json_path, "w") as f:
         json.dump({"suite_seconds": time.time() - start, "results": results,

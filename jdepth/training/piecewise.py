@@ -54,7 +54,7 @@
   object's own motion leaves its depth free, so these pin it by geometry instead of photometry.
   `size_prior_weight`: one real height per class, log(mean depth x rows spanned) pulled to the
   batch median (jdepth/losses/object_size.py, struct2depth's). `contact_prior_weight`: a car's
-  lowest rows pulled to the depth of the road below them (jdepth/losses/ground_contact.py).
+  lowest rows and the road below them pulled together (jdepth/losses/ground_contact.py).
 * Depth on instance pixels (`config.piecewise.instance_depth_gradient`): True (the paper: "we do
   not modify the aggregate loss") lets every pixel's photometric error train the depth. False:
   pixels of valid instances train their instance pose only (`depth_frozen_mask`), since a free
