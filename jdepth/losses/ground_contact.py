@@ -62,14 +62,14 @@ def contact_regions(masks: jax.Array, thing_mask: jax.Array) -> tuple[jax.Array,
       (base ``[B, M, H, W]``, ground ``[B, M, H, W]``) bool; both empty for an empty mask.
     """
     height, width = masks.shape[-2:]
-    rows, cols = jnp.any(masks, axis=-1), jnp.any(masks, axis=-2)  # [B, M, H], [B, M, W]
+    cols = jnp.any(masks, axis=-2)  # [B, M, W]
     r, c = jnp.arange(height), jnp.arange(width)
-    bottom = jnp.max(jnp.where(rows, r, -height), axis=-1)[..., None]  # [B, M, 1]
+    bottom = object_size.row_extent(masks)[1][..., None]  # [B, M, 1]
     left = jnp.min(jnp.where(cols, c, width), axis=-1)[..., None]
     right = jnp.max(jnp.where(cols, c, -1), axis=-1)[..., None]
     base_rows = (r > bottom - BASE_ROWS) & (r <= bottom)  # [B, M, H]
     ground_rows = (r > bottom) & (r <= bottom + GROUND_ROWS)
-    span = (c >= left) & (c <= right)  # [B, M, W]
+    span = (c >= left) & (c <= right)  # [B, M, W]; empty for an empty mask, so is its ground
     base = masks & base_rows[..., None]
     ground = ground_rows[..., None] & span[:, :, None, :] & ~thing_mask[:, None]
     return base, ground
@@ -95,9 +95,8 @@ def contact_prior(
     height = masks.shape[-2]
     base_pixels = jnp.sum(base, axis=(2, 3)).astype(jnp.float32)  # [B, M]
     ground_pixels = jnp.sum(ground, axis=(2, 3)).astype(jnp.float32)
-    bottom_row = jnp.max(jnp.where(jnp.any(masks, axis=-1), jnp.arange(height), -1), axis=-1)
     used = (valid & (base_pixels > 0) & (ground_pixels >= MIN_GROUND_PIXELS)
-            & (bottom_row <= height - 1 - GROUND_ROWS))
+            & (object_size.row_extent(masks)[1] <= height - 1 - GROUND_ROWS))
     d = depth[:, None, :, :, 0]
 
     def log_mean(region, pixels):

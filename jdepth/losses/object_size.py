@@ -49,6 +49,18 @@ import jax
 import jax.numpy as jnp
 
 
+def row_extent(masks: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """First and last image row of every mask: ``[B, M]`` each (H and -1 for an empty mask).
+
+    Args:
+      masks: ``[B, M, H, W]`` bool instance masks.
+    """
+    rows = jnp.any(masks, axis=-1)  # [B, M, H]
+    index = jnp.arange(rows.shape[-1])
+    return (jnp.min(jnp.where(rows, index, rows.shape[-1]), axis=-1),
+            jnp.max(jnp.where(rows, index, -1), axis=-1))
+
+
 def instance_heights(masks: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Image rows spanned by every instance mask, and whether the frame cuts it.
 
@@ -59,14 +71,10 @@ def instance_heights(masks: jax.Array) -> tuple[jax.Array, jax.Array]:
       (heights ``[B, M]`` float: last row - first row + 1, 0 for an empty mask; clear ``[B, M]``
       bool: non-empty and touching neither the top nor the bottom image row).
     """
-    rows = jnp.any(masks, axis=-1)  # [B, M, H]
-    height = rows.shape[-1]
-    index = jnp.arange(height)
-    top = jnp.min(jnp.where(rows, index, height), axis=-1)
-    bottom = jnp.max(jnp.where(rows, index, -1), axis=-1)
-    filled = jnp.any(rows, axis=-1)
+    top, bottom = row_extent(masks)
+    filled = bottom >= 0
     spans = jnp.where(filled, bottom - top + 1, 0).astype(jnp.float32)
-    return spans, filled & (top > 0) & (bottom < height - 1)
+    return spans, filled & (top > 0) & (bottom < masks.shape[-2] - 1)
 
 
 def size_prior(
