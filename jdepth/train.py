@@ -28,4 +28,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from jdepth import allocator
+
+    allocator.reexec_with_fast_allocator()  # before JAX starts (jdepth/allocator.py)
     app.run(main)

@@ -420,3 +420,28 @@ def test_decoder_torch_index_follows_reference_module_order():
 
 # --- Parity with the PyTorch reference: tests/test_interop.py (exported weights loaded strictly
 # into plain-torch reference networks, encoder features, disparities, poses, train-mode BatchNorm).
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_like_torch():
+    """The hand-written max-pool VJP routes each window's gradient to its first maximal element
+    in row-major order (torch's rule), with ties and borders, and equals JAX's own gradient."""
+    from flax import linen as nn
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(np.round(rng.standard_normal((2, 9, 12, 3)) * 2) / 2, jnp.float32)  # ties
+    weights = jnp.asarray(rng.standard_normal(max_pool_3x3_s2(x).shape), jnp.float32)
+    grad = jax.grad(lambda x: jnp.sum(max_pool_3x3_s2(x) * weights))(x)
+    reference = jax.grad(lambda x: jnp.sum(nn.max_pool(
+        x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))) * weights))(x)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(reference), atol=1e-6)
+    # Hand case: a 3x3 window of equal values sends everything to its top-left element.
+    flat = jnp.ones((1, 3, 3, 1))
+    hand = jax.grad(lambda x: jnp.sum(max_pool_3x3_s2(x)))(flat)[0, :, :, 0]
+    # Outputs (0,0), (0,1), (1,0), (1,1) have windows starting at padded (0,0), (0,2), (2,0), (2,2):
+    # their first in-image maxima are (0,0), (0,1), (1,0), (1,1).
+    np.testing.assert_array_equal(np.asarray(hand), [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2).copy(), requires_grad=True)
+    wt = torch.tensor(np.asarray(weights).transpose(0, 3, 1, 2).copy())
+    (torch.nn.functional.max_pool2d(xt, 3, 2, 1) * wt).sum().backward()
+    np.testing.assert_allclose(xt.grad.numpy().transpose(0, 2, 3, 1), np.asarray(grad), atol=1e-6)

@@ -68,11 +68,26 @@ def encoder_channels(num_layers: int) -> tuple[int, int, int, int, int]:
     return (64,) + tuple(w * expansion for w in _STAGE_WIDTHS)
 
 
+_POOL_WINDOW, _POOL_STRIDE, _POOL_PAD = 3, 2, 1
+
+
+def _max_pool_forward(x: jax.Array) -> jax.Array:
+    return jax.lax.reduce_window(
+        x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, _POOL_WINDOW, _POOL_WINDOW, 1),
+        (1, _POOL_STRIDE, _POOL_STRIDE, 1),
+        ((0, 0), (_POOL_PAD, _POOL_PAD), (_POOL_PAD, _POOL_PAD), (0, 0)))
+
+
+# A hand-written VJP: JAX differentiates reduce_window-max through a select-and-gather over
+# (value, index) pairs, which XLA:CPU runs as a tuple reduce-window plus full-size iota arrays,
+# several times slower than nine tap comparisons (BENCHMARKS.md, "Speed").
+@jax.custom_vjp
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     """torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=1).
 
     `lax.reduce_window` pads with the reduction's identity (-inf), so a border of negative values is
-    never replaced by 0, exactly as torch.
+    never replaced by 0, exactly as torch. The gradient goes to the first maximal element of each
+    window in row-major order, as torch's (ties are otherwise ambiguous).
 
     Args:
         x: `[B, H, W, C]`.
@@ -80,7 +95,40 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     Returns:
         `[B, floor((H - 1) / 2) + 1, floor((W - 1) / 2) + 1, C]`.
     """
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return _max_pool_forward(x)
+
+
+def _max_pool_fwd(x: jax.Array):
+    y = _max_pool_forward(x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(residuals, cotangent: jax.Array):
+    x, y = residuals
+    b, h, w, c = x.shape
+    _, out_h, out_w, _ = y.shape
+    s, pad = _POOL_STRIDE, _POOL_PAD
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+    ph, pw = h + 2 * pad, w + 2 * pad
+    taken = jnp.zeros(y.shape, bool)
+    grad = jnp.zeros((b, ph, pw, c), cotangent.dtype)
+    zero = jnp.array(0, cotangent.dtype)
+    for i in range(_POOL_WINDOW):
+        for j in range(_POOL_WINDOW):
+            tap = jax.lax.slice(padded, (0, i, j, 0),
+                                (b, i + s * (out_h - 1) + 1, j + s * (out_w - 1) + 1, c),
+                                (1, s, s, 1))
+            hit = (tap == y) & ~taken
+            taken = taken | hit
+            # Interior padding puts output (oy, ox)'s share back at padded (s*oy + i, s*ox + j).
+            grad = grad + jax.lax.pad(
+                jnp.where(hit, cotangent, zero), zero,
+                ((0, 0, 0), (i, ph - i - s * (out_h - 1) - 1, s - 1),
+                 (j, pw - j - s * (out_w - 1) - 1, s - 1), (0, 0, 0)))
+    return (grad[:, pad:pad + h, pad:pad + w],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, jax.named_call(_max_pool_bwd))
 
 
 def _conv(features: int, kernel: int, stride: int, padding: int, dtype: Dtype, name: str):

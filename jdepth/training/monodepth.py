@@ -146,6 +146,7 @@ def prepare_batch(batch: dict, config):
     color, color_aug, pyramid = device_transforms.prepare_images(
         batch["images"], batch["jitter"], len(config.model.scales)
     )
+    color, color_aug, pyramid = jax.lax.optimization_barrier((color, color_aug, pyramid))
     frame_ids = tuple(config.data.frame_ids)
     frames = {f: color[:, i] for i, f in enumerate(frame_ids)}
     frames_aug = {f: color_aug[:, i] for i, f in enumerate(frame_ids)}

@@ -21,15 +21,20 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jdepth.training import compile_options
+
 AXIS = "batch"
 
 
 class DataParallel:
     """Compiles `step_fn(state, batch, rng, *, axis_name)` for the chosen mode and moves data.
 
+    The step is compiled once, ahead of time, at the first call, with the backend's XLA options
+    (jdepth/training/compile_options.py); a later batch of another shape or dtype is an error
+    from the compiled program, never a silent recompile.
+
     Attributes:
-      num_traces: how many times the step was traced; stays 1 for a healthy run (a retrace means a
-        shape or dtype changed between steps and XLA recompiled).
+      num_traces: how many times the step was traced (1 for a run).
       compile_seconds: wall time of the first call (trace + compile + one step).
     """
 
@@ -41,6 +46,7 @@ class DataParallel:
         self.num_devices = len(self.devices)
         self.num_traces = 0
         self.compile_seconds = None
+        self._compiled = None
         self._mesh = Mesh(np.array(self.devices), (AXIS,))
 
         def counted(state, batch, rng, axis_name):
@@ -102,7 +108,10 @@ class DataParallel:
 
     def step(self, state, batch, rng):
         start = time.perf_counter() if self.compile_seconds is None else None
-        state, metrics = self._step(state, batch, rng)
+        if self._compiled is None:
+            self._compiled = compile_options.compile_lowered(
+                self._step.lower(state, batch, rng), self.devices[0].platform)
+        state, metrics = self._compiled(state, batch, rng)
         if start is not None:
             jax.block_until_ready(metrics)
             self.compile_seconds = time.perf_counter() - start

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from jdepth.data import instances, pipeline
-from jdepth.training import recipes
+from jdepth.training import compile_options, recipes
 from jdepth.training.state import TrainState, make_optimizer
 
 
@@ -106,5 +106,6 @@ def compile_step(config, steps_per_epoch: int) -> CompiledStep:
     step = jax.jit(functools.partial(recipe.train_step, networks=networks, config=config,
                                      axis_name=None), donate_argnums=(0,))
     start = time.perf_counter()
-    compiled = step.lower(state, batch, rng).compile()
+    compiled = compile_options.compile_lowered(step.lower(state, batch, rng),
+                                               jax.devices()[0].platform)
     return CompiledStep(compiled, state, batch, rng, time.perf_counter() - start)
