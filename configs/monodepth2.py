@@ -33,6 +33,7 @@ def get_config():
     config.data.load_velocity = False  # oxts forward speed per frame (speed supervision)
     config.data.frame_interval = 0.1  # seconds between frames (KITTI raw is 10 Hz)
     config.data.cache_dir = config_dict.placeholder(str)
+    config.data.frame_cache_mb = 256  # decoded training frames kept per loader process
     config.data.synthetic = config_dict.ConfigDict()  # generator args; empty: use data.root
 
     config.model = config_dict.ConfigDict()
@@ -64,6 +65,9 @@ def get_config():
     # Monodepth2's --v1_multiscale: each scale warped at its own resolution (off: full-res
     # multiscale).
     config.loss.v1_multiscale = False
+    # Warp with depth / its per-image mean (Wang et al. 2018; not in the reference): the depth
+    # net cannot shrink its depth to grow the warps (jdepth/losses/monodepth.py).
+    config.loss.depth_normalization = False
     # Speed supervision of the pose translation (jdepth/losses/velocity.py); > 0 needs
     # data.load_velocity. Off in the reference recipe; anchors metric scale (DESIGN.md item 8).
     config.loss.velocity_weight = 0.0
@@ -133,6 +137,8 @@ def get_config():
     # PyTorch runs of the reference decay after 14 epochs; use (14,) to reproduce those.
     config.optim.decay_epochs = (15,)
     config.optim.decay_factor = 0.1
+    # > 0: linear learning-rate warm-up over this many steps (reference: 0). See configs/demo.py.
+    config.optim.warmup_steps = 0
     config.optim.grad_clip_norm = 0.0
     # > 0: the depth net is held fixed for this many steps while the pose net starts (reference: 0).
     config.optim.hold_depth_steps = 0

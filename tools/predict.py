@@ -8,7 +8,9 @@ For every image (.png/.jpg; folders are searched recursively and mirrored under 
     NAME_depth.png   16-bit PNG, depth * 256 rounded (the KITTI depth-map convention; read it back
                      with `np.asarray(Image.open(p), np.float32) / 256`); depths over 255.99 clip
     NAME_depth.npy   float32 [H, W] depth
-    NAME_disp.png    the disparity colour-mapped (magma-like, near = bright), for looking at
+    NAME_disp.png    the disparity colour-mapped (magma-like, near = bright), for looking at; one
+                     colour range for ALL images of the call (--color_range), so a flat
+                     prediction looks flat and images compare with each other
 
 at the image's own size (the disparity is upsampled bilinearly, align_corners=False, as
 Monodepth2's test_simple.py does; --native_size keeps the network resolution). Depth is in the
@@ -41,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every depth by this")
     parser.add_argument("--native_size", action="store_true",
                         help="keep the network's resolution instead of each image's")
+    parser.add_argument("--color_range", choices=("global", "image"), default="global",
+                        help="disparity range of the colour map: 'global' (default) the 2nd-98th "
+                        "percentile over all images of the call; 'image' each image's own "
+                        "(stretches a flat map into noise; Monodepth2's test_simple)")
     return parser.parse_args(argv)
 
 
@@ -75,15 +81,22 @@ def to_size(disp: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(upsample_disp(disp[None, :, :, None], height, width))[0, :, :, 0]
 
 
-def write_outputs(stem_path: str, depth: np.ndarray, disp: np.ndarray) -> None:
-    """NAME_depth.png (uint16, depth*256), NAME_depth.npy, NAME_disp.png (colour)."""
+def write_outputs(stem_path: str, depth: np.ndarray, disp: np.ndarray,
+                  color_range: tuple[float, float] | None = None) -> None:
+    """NAME_depth.png (uint16, depth*256), NAME_depth.npy, NAME_disp.png (colour, in
+    `color_range` of disparity, or the image's own range when None)."""
     from jdepth.colormap import colorize
 
     os.makedirs(os.path.dirname(stem_path), exist_ok=True)
     depth16 = np.clip(np.round(depth * 256.0), 0, 65535).astype(np.uint16)
     Image.fromarray(depth16).save(stem_path + "_depth.png")
     np.save(stem_path + "_depth.npy", depth.astype(np.float32))
-    Image.fromarray(colorize(disp)).save(stem_path + "_disp.png")
+    vmin, vmax = color_range if color_range else (None, None)
+    Image.fromarray(colorize(disp, vmin, vmax)).save(stem_path + "_disp.png")
+
+
+# A map whose largest depth is within this factor of its smallest is reported as flat.
+FLAT_RATIO = 1.05
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,23 +106,36 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["JAX_PLATFORMS"] = args.device.replace("gpu", "cuda")
     import jax
 
+    from jdepth.data import kitti
     from jdepth.inference import DepthPredictor
 
     images = find_images(args.inputs)
     predictor = DepthPredictor.from_workdir(args.workdir, args.step)
     print(f"model {args.workdir} ({predictor.width}x{predictor.height}) on "
           f"{jax.devices()[0].platform}; {len(images)} images -> {args.output_dir}")
+    disps = []
     for start in range(0, len(images), args.batch_size):
         chunk = images[start : start + args.batch_size]
-        arrays = [np.asarray(Image.open(path).convert("RGB")) for path, _ in chunk]
-        disps = predictor.predict_disparity(arrays, batch_size=args.batch_size)
-        for (path, stem), image, disp in zip(chunk, arrays, disps):
-            if not args.native_size:
-                disp = to_size(disp, *image.shape[:2])
-            depth = args.scale / disp
-            write_outputs(os.path.join(args.output_dir, stem), depth, disp)
-            print(f"{path}: {depth.shape[1]}x{depth.shape[0]}, depth min {depth.min():.3f} "
-                  f"median {np.median(depth):.3f} max {depth.max():.3f}")
+        arrays = [kitti.load_image(path) for path, _ in chunk]
+        disps.extend(zip(chunk, [a.shape[:2] for a in arrays],
+                         predictor.predict_disparity(arrays, batch_size=args.batch_size)))
+    color_range = None
+    if args.color_range == "global":
+        every = np.concatenate([d.ravel() for _, _, d in disps])
+        color_range = (float(np.percentile(every, 2)), float(np.percentile(every, 98)))
+    for (path, stem), size, disp in disps:
+        if not args.native_size:
+            disp = to_size(disp, *size)
+        depth = args.scale / disp
+        write_outputs(os.path.join(args.output_dir, stem), depth, disp, color_range)
+        flat = depth.max() < FLAT_RATIO * depth.min()
+        print(f"{path}: {depth.shape[1]}x{depth.shape[0]}, depth min {depth.min():.3f} "
+              f"median {np.median(depth):.3f} max {depth.max():.3f}"
+              + (" (FLAT: the prediction is one depth everywhere)" if flat else ""))
+    if color_range:
+        print(f"colour range (disparity, all images): {color_range[0]:.4g} to "
+              f"{color_range[1]:.4g}, i.e. depth {args.scale / color_range[1]:.3g} to "
+              f"{args.scale / color_range[0]:.3g}")
     return 0
 
 

@@ -78,6 +78,8 @@ class ReleasedMonodepth2:
         self.pose = networks.PoseDecoder(self.pose_encoder.num_ch_enc, num_input_features=1,
                                          num_frames_to_predict_for=2)
         self.modules = [self.encoder, self.depth, self.pose_encoder, self.pose]
+        # The trainer's automask tie-breaking noise (N(0, 1) x 1e-5); parity tests set it to 0.
+        self.tie_noise_std = 0.00001
         params = [p for m in self.modules for p in m.parameters()]
         self.optimizer = torch.optim.Adam(params, lr)
         self.ssim = layers.SSIM()
@@ -153,7 +155,7 @@ class ReleasedMonodepth2:
             combined = torch.cat(reprojection, 1)
             if self.automask:
                 identity = torch.cat(identity, 1)
-                identity = identity + torch.randn(identity.shape) * 0.00001
+                identity = identity + torch.randn(identity.shape) * self.tie_noise_std
                 combined = torch.cat((identity, combined), 1)
             to_optimise = combined.min(dim=1)[0] if combined.shape[1] > 1 else combined
             loss = to_optimise.mean()
@@ -163,7 +165,8 @@ class ReleasedMonodepth2:
         return total / len(self.scales)
 
     def step(self, inputs: dict) -> dict:
-        """One Adam step; returns loss, mean depth at scale 0 and the mean translation norm."""
+        """One Adam step; returns the loss, the mean depth at scale 0 and the mean norm of the
+        translation to the first later frame."""
         outputs = self.forward(inputs, train=True)
         loss = self.loss(inputs, outputs)
         self.optimizer.zero_grad()
@@ -172,10 +175,11 @@ class ReleasedMonodepth2:
         with self.torch.no_grad():
             _, depth = self.layers.disp_to_depth(outputs[("disp", 0)], self.min_depth,
                                                  self.max_depth)
-            t = self.torch.stack([outputs[("translation", f)][:, 0, 0]
-                                  for f in self.frame_ids[1:]])
-        return {"loss": loss.item(), "depth_mean": float(depth.mean()),
-                "translation_norm": float(t.norm(dim=-1).mean())}
+            later = [f for f in self.frame_ids if f > 0] or list(self.frame_ids[1:])
+            t = outputs[("cam_T_cam", later[0])][:, :3, 3]
+        # Named as jdepth's step metrics (pose_summary, collapse.step_diagnostics).
+        return {"loss": loss.item(), "depth/mean": float(depth.mean()),
+                "pose/t_norm": float(t.norm(dim=-1).mean())}
 
     def predict_disp(self, images: np.ndarray) -> np.ndarray:
         """Eval-mode disparity at scale 0, [N, H, W] for images [N, H, W, 3] in [0, 1]."""

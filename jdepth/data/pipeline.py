@@ -56,6 +56,9 @@ class PipelineConfig:
     load_velocity: bool = False
     max_instances: int = 0  # > 0: piece-wise pose targets with this many instance slots
     min_instance_area: float = 0.01  # alpha: instances below this fraction of H * W are dropped
+    # Decoded, resized frames kept per process (MiB; 0: none). A frame is read as a target and as
+    # a neighbour of two others every epoch; on a small dataset decoding dominates the step.
+    frame_cache_mb: int = 256
 
     def __post_init__(self):
         if self.max_instances > 0 and not self.load_panoptic:
@@ -197,6 +200,32 @@ def assemble_sample(
     return sample
 
 
+class _FrameCache:
+    """Decoded frames at the training resolution, by (path, height, width), up to a byte budget
+    (oldest out first). One per process: grain workers each keep their own."""
+
+    def __init__(self):
+        self._frames: dict[tuple, np.ndarray] = {}
+        self._bytes = 0
+
+    def get(self, path: str, height: int, width: int, budget_mb: int) -> np.ndarray:
+        key = (path, height, width)
+        frame = self._frames.get(key)
+        if frame is None:
+            frame = resize_image(kitti.load_image(path), height, width, path)
+            frame.setflags(write=False)  # shared by every sample that reads it
+            budget = budget_mb * 2**20
+            if frame.nbytes <= budget:
+                while self._bytes + frame.nbytes > budget:
+                    self._bytes -= self._frames.pop(next(iter(self._frames))).nbytes
+                self._frames[key] = frame
+                self._bytes += frame.nbytes
+        return frame
+
+
+_FRAMES = _FrameCache()
+
+
 def load_sample(record, rng: np.random.Generator, cfg: PipelineConfig, train: bool) -> dict:
     """Reads and augments one sample (grain `random_map` body). See the module docstring."""
     index, ref = record
@@ -205,7 +234,7 @@ def load_sample(record, rng: np.random.Generator, cfg: PipelineConfig, train: bo
     for offset in cfg.frame_ids:
         frame_index = kitti.neighbour_index(cfg.root, ref, offset, on_missing=cfg.on_missing)
         path = kitti.image_path(cfg.root, ref, frame_index=frame_index, ext=cfg.img_ext)
-        images.append(resize_image(kitti.load_image(path), cfg.height, cfg.width, path))
+        images.append(_FRAMES.get(path, cfg.height, cfg.width, cfg.frame_cache_mb))
         if cfg.load_panoptic:
             label = kitti.load_panoptic(kitti.panoptic_path(cfg.root, ref, frame_index=frame_index))
             panoptic.append(resize_labels(label, cfg.height, cfg.width))

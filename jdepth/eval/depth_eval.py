@@ -129,6 +129,53 @@ def mean_depth_map(root: str, refs, height: int, width: int, max_depth: float = 
     return (total / len(refs)).astype(np.float32)
 
 
+def mean_depth_map_from_sparse(depths, height: int, width: int, max_depth: float = 80.0):
+    """The "average training depth map" from sparse (velodyne) depth: per-cell mean of all points.
+
+    Each native-size map [h, w] (0 = no point) is pooled into the `height x width` grid: a cell's
+    value is the mean of every point that falls into it over all frames. Cells that no scan ever
+    reaches (mostly above the LiDAR's field of view) take the nearest reached cell of their column
+    (then of their row), so the map stays dense; the Eigen protocol scores only pixels with ground
+    truth, which a scan reaches.
+
+    Args:
+      depths: iterable of float [h, w] maps (sizes may differ between drives).
+      height, width: the network resolution.
+
+    Returns:
+      float32 [height, width].
+    """
+    total = np.zeros((height, width), np.float64)
+    count = np.zeros((height, width), np.int64)
+    for depth in depths:
+        h, w = depth.shape
+        rows, cols = np.nonzero(depth > 0)
+        cells_r = np.minimum(rows * height // h, height - 1)
+        cells_c = np.minimum(cols * width // w, width - 1)
+        np.add.at(total, (cells_r, cells_c), np.minimum(depth[rows, cols], max_depth))
+        np.add.at(count, (cells_r, cells_c), 1)
+    if not count.any():
+        raise ValueError("mean_depth_map_from_sparse: no depth point in any frame")
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return _fill_nearest(_fill_nearest(mean, axis=0), axis=1).astype(np.float32)
+
+
+def _fill_nearest(values: np.ndarray, axis: int) -> np.ndarray:
+    """Replaces NaNs by the nearest finite value along `axis` (lines without one stay NaN)."""
+    moved = np.moveaxis(values, axis, 0).copy()
+    index = np.arange(moved.shape[0])
+    for j in range(moved.shape[1]):
+        line = moved[:, j]
+        ok = np.isfinite(line)
+        if ok.any() and not ok.all():
+            known = index[ok]
+            nearest = known[np.clip(np.searchsorted(known, index), 0, len(known) - 1)]
+            before = known[np.clip(np.searchsorted(known, index) - 1, 0, len(known) - 1)]
+            pick = np.where(np.abs(before - index) < np.abs(nearest - index), before, nearest)
+            moved[:, j] = line[pick]
+    return np.moveaxis(moved, 0, axis)
+
+
 def evaluate_constant_prediction(depth_map: np.ndarray, gt_depths, median_scaling=True, **kw):
     """Metrics of predicting the same depth map for every image (the baseline above)."""
     disp = ConstantDepthPredictor(depth_map).disparity

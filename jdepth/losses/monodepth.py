@@ -245,6 +245,7 @@ def monodepth_loss(
     pixel_weights: jax.Array | None = None,
     automask_active: jax.Array | None = None,
     depth_frozen_mask: jax.Array | None = None,
+    depth_normalization: bool = False,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Monodepth2's training objective (full-res multiscale, min reprojection, automask).
 
@@ -281,6 +282,12 @@ def monodepth_loss(
       depth_frozen_mask: ``[B, H, W, 1]`` bool, pixels whose photometric error sends no gradient
         into the depth (piece-wise pose: `piecewise.instance_depth_gradient`), or None. Their
         error still trains the poses; the smoothness term is unchanged.
+      depth_normalization: warp with each scale's depth divided by its per-image mean (Wang et
+        al., CVPR 2018, "Learning Depth from Monocular Videos using Direct Methods"; not in
+        Monodepth2). The photometric loss is invariant to scaling depth and translation together;
+        without the normalisation that direction is free, and the depth net can shrink its depth
+        (towards `min_depth`) to grow the warps, the collapse of README "When training
+        collapses". With it, the translation is in units of the mean scene depth.
 
     Returns:
       ``(total, aux)``. Scalars in ``aux``: ``'photometric/s{s}'`` and ``'smoothness/s{s}'``
@@ -303,6 +310,8 @@ def monodepth_loss(
         geometry.disp_to_depth(upsample_disp(disps[s], height, width), min_depth, max_depth)[1]
         for s in scales
     ])
+    if depth_normalization:
+        depths = depths / jnp.mean(depths, axis=(2, 3, 4), keepdims=True)
     if depth_frozen_mask is not None:
         depths = jnp.where(depth_frozen_mask[None], jax.lax.stop_gradient(depths), depths)
     scale_ids = jnp.asarray(scales, jnp.uint32)

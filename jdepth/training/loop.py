@@ -22,7 +22,7 @@ from jdepth.data import pipeline
 from jdepth.eval import depth_eval
 from jdepth.eval.metrics import format_metrics_table
 from jdepth.inference import DepthPredictor
-from jdepth.training import checkpoint, piecewise, recipes
+from jdepth.training import checkpoint, collapse, piecewise, recipes
 from jdepth.training.datasets import resolve_data
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.parallel import DataParallel
@@ -48,6 +48,7 @@ def pipeline_config(config) -> pipeline.PipelineConfig:
         on_missing=d.get("on_missing", "raise"),
         load_panoptic=bool(d.get("load_panoptic", False)),
         load_velocity=bool(d.get("load_velocity", False)),
+        frame_cache_mb=int(d.get("frame_cache_mb", 256)),
         **piecewise.pipeline_settings(config),
     )
 
@@ -94,7 +95,10 @@ def _depth_images(predictor, batch, frame_ids) -> dict:
         lookup = frame_ids.index(predictor.lookup_offsets[0])
         context = {"lookup": batch["images"][:2, lookup], "K": batch["K"][:2, 0]}
     disp = predictor.predict_disparity(images, batch_size=len(images), **context)
-    return {f"depth/{i}": np.concatenate([images[i], colorize(disp[i])], 0) for i in range(len(images))}
+    # One colour range for the logged images: a flat prediction must look flat.
+    lo, hi = float(np.percentile(disp, 2)), float(np.percentile(disp, 98))
+    return {f"depth/{i}": np.concatenate([images[i], colorize(disp[i], lo, hi)], 0)
+            for i in range(len(images))}
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -211,6 +215,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if step == start_step + 1:
                 host_metrics["compile_seconds"] = parallel.compile_seconds
             writer.scalars(step, host_metrics)
+            for warning in collapse.warnings(host_metrics):
+                bar.write(f"step {step}: WARNING, training may be collapsing: {warning} "
+                          "(README, 'When training collapses')")
             bar.set_postfix(loss=f"{host_metrics['loss']:.4f}", sps=f"{sps:.1f}")
             t_window, n_window = time.perf_counter(), 0
         if saving:
@@ -235,36 +242,49 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f"{'absolute depth' if final.absolute else 'median-scaled'}:")
     print(format_metrics_table(result))
     baseline = mean_depth_baseline(config, workdir, median_scaling=not final.absolute)
-    if baseline is not None:
-        print("\nBaseline: the average training depth map predicted for every test image:")
-        print(format_metrics_table(baseline))
-        result["baseline_mean_depth"] = baseline
+    print(f"\nBaseline: the average training depth map ({baseline['map_source']} depth of the "
+          "training frames) predicted for every test image:")
+    print(format_metrics_table(baseline))
+    result["baseline_mean_depth"] = baseline
     with open(os.path.join(workdir, "eval", "train_final_test_metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
 
 
-def mean_depth_baseline(config, workdir: str, median_scaling: bool = True) -> dict | None:
-    """Test metrics of the "average training depth map" baseline, when dense training depth exists.
+def mean_depth_baseline(config, workdir: str, median_scaling: bool = True) -> dict:
+    """Test metrics of the "average training depth map" baseline.
 
-    The synthetic set has dense depth for every frame; KITTI has it only where the improved ground
-    truth was downloaded, so the baseline is skipped (None) when any training frame lacks it.
+    From the dense depth of the training frames where every frame has it (the synthetic set; KITTI
+    with the improved ground truth), else from their velodyne scans
+    (`depth_eval.mean_depth_map_from_sparse`). The map is cached in `workdir/eval`.
     """
     from jdepth.data import kitti
 
     refs = kitti.read_split_file(config.data.train_split)
-    if not all(os.path.exists(kitti.benchmark_gt_path(config.data.root, r)) for r in refs):
-        return None
-    depth_map = depth_eval.mean_depth_map(
-        config.data.root, refs, config.data.height, config.data.width
-    )
+    height, width = config.data.height, config.data.width
+    cache = os.path.join(workdir, "eval", f"baseline_map_{height}x{width}.npz")
+    if os.path.exists(cache):
+        with np.load(cache) as data:
+            depth_map, source = data["depth"], str(data["source"])
+    elif all(os.path.exists(kitti.benchmark_gt_path(config.data.root, r)) for r in refs):
+        depth_map = depth_eval.mean_depth_map(config.data.root, refs, height, width)
+        source = "dense"
+    else:
+        depth_map = depth_eval.mean_depth_map_from_sparse(
+            kitti.export_gt_depths(config.data.root, refs), height, width)
+        source = "velodyne"
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    np.savez(cache, depth=depth_map, source=source)
     gt = depth_eval.gt_depths_for_split(
         config.data.root, config.data.test_split, os.path.join(workdir, "eval", "gt_test.npz")
     )
-    return depth_eval.evaluate_constant_prediction(depth_map, gt, median_scaling=median_scaling)
+    result = depth_eval.evaluate_constant_prediction(depth_map, gt, median_scaling=median_scaling)
+    result["map_source"] = source
+    return result
 
 
 def tx_lr(config, steps_per_epoch: int, step: int) -> float:
     """Learning rate in effect at `step` (for logging)."""
-    drops = sum(1 for e in config.optim.decay_epochs if step >= int(e) * steps_per_epoch)
-    return config.optim.lr * config.optim.decay_factor**drops
+    from jdepth.training.state import schedule_from_config
+
+    return float(schedule_from_config(config.optim, steps_per_epoch)(step))

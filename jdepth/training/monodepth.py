@@ -26,7 +26,7 @@ from jdepth.losses import velocity as velocity_lib
 from jdepth.models.depth_decoder import DepthNet
 from jdepth.models.diffnet_decoder import HRDepthNet
 from jdepth.models.pose_net import POSE_SCALE, PoseNet
-from jdepth.training import metric_init, piecewise
+from jdepth.training import collapse, metric_init, piecewise
 from jdepth.training import panoptic as panoptic_plugin
 from jdepth.training.state import TrainState
 
@@ -192,6 +192,7 @@ def photometric_objective(
         pixel_weights=pixel_weights,
         automask_active=None if step is None else automask_active(config, step),
         depth_frozen_mask=depth_frozen_mask,
+        depth_normalization=config.loss.get("depth_normalization", False),
     )
 
 
@@ -224,6 +225,10 @@ def train_step(
     Returns:
       (new state, metrics) with every loss term by name.
     """
+    if config.loss.get("depth_normalization", False) and config.loss.get("velocity_weight", 0.0):
+        raise ValueError("config.loss.depth_normalization puts the translation in units of the "
+                         "mean depth; it does not combine with the metric speed loss "
+                         "(loss.velocity_weight)")
     step_rng = jax.random.fold_in(rng, state.step)
     extra_loss_fns = [] if extra_loss_fn is None else [extra_loss_fn]
     if issl.is_enabled(config):
@@ -269,6 +274,9 @@ def train_step(
         depth_frozen_mask = (piecewise.depth_frozen_mask(batch, config.piecewise, state.step)
                              if piecewise.is_enabled(config) else None)
         if config.loss.get("v1_multiscale", False):
+            if config.loss.get("depth_normalization", False):
+                raise ValueError("config.loss.depth_normalization is implemented for the "
+                                 "full-resolution multi-scale loss, not loss.v1_multiscale")
             total, aux = monodepth_losses.monodepth_loss_v1(
                 disps, dict(enumerate(pyramid)),
                 {f: dict(enumerate(p)) for f, p in source_pyramids.items()},
@@ -305,7 +313,10 @@ def train_step(
         # discarded, jdepth/training/piecewise.py) keep their statistics.
         batch_stats = {**state.batch_stats, "depth": depth_updates["batch_stats"],
                        "pose": pose_stats}
-        aux = {**aux, **pose_summary(poses), **piecewise_aux}
+        aux = {**aux, **pose_summary(poses), **piecewise_aux, **collapse.step_diagnostics(
+            geometry.disp_to_depth(disps[0], config.model.min_depth, config.model.max_depth)[1],
+            warp_poses, K, inv_K, config.model.min_depth, config.model.max_depth,
+            aux.get("identity_selection"), warp_depth=aux.get("depth"))}
         if config.loss.get("velocity_weight", 0.0) > 0:
             # Speed supervision: needs `data.load_velocity` (oxts vf of every frame).
             speed = velocity_lib.velocity_loss(

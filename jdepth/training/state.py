@@ -59,21 +59,24 @@ class TrainState:
         """
         finite = jnp.all(jnp.asarray(
             [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
-        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-        new = {
-            "params": optax.apply_updates(self.params, updates),
-            "opt_state": opt_state,
-            "batch_stats": batch_stats,
-            "extra": self.extra if extra is None else extra,
-        }
         old = {"params": self.params, "opt_state": self.opt_state,
                "batch_stats": self.batch_stats, "extra": self.extra}
-        # The predicate goes through a lax.cond so that XLA cannot fuse its computation (a
-        # reduction over every gradient leaf) into each leaf's select: XLA:CPU's fusion pass takes
-        # time quadratic in the leaf count for that (HRNet's ~1000 leaves: the step compiled for
-        # over 15 minutes). The per-leaf selects stay, fused with the update.
-        finite = jax.lax.cond(finite, lambda: jnp.bool_(True), lambda: jnp.bool_(False))
-        kept = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        def update():
+            updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+            return {
+                "params": optax.apply_updates(self.params, updates),
+                "opt_state": opt_state,
+                "batch_stats": batch_stats,
+                "extra": self.extra if extra is None else extra,
+            }
+
+        # One conditional around the whole update: a skipped step runs no optimizer arithmetic,
+        # and the update itself is not followed by a select of every leaf between new and old
+        # values (which doubled its memory traffic). XLA also cannot fuse the predicate's reduction
+        # over every gradient leaf into per-leaf work, which made XLA:CPU's fusion pass quadratic
+        # in the leaf count (HRNet's ~1000 leaves compiled for over 15 minutes).
+        kept = jax.lax.cond(finite, update, lambda: old)
         return self.replace(
             step=self.step + 1,
             skipped_steps=self.skipped_steps + (1 - finite.astype(jnp.int32)),
@@ -81,15 +84,30 @@ class TrainState:
         )
 
 
-def learning_rate_schedule(lr: float, steps_per_epoch: int, decay_epochs, decay_factor: float):
+def learning_rate_schedule(lr: float, steps_per_epoch: int, decay_epochs, decay_factor: float,
+                           warmup_steps: int = 0):
     """Piecewise-constant LR: multiplied by `decay_factor` at the start of each epoch in `decay_epochs`.
 
     Monodepth2's StepLR(15) was meant to give 15 epochs at 1e-4 then 5 at 1e-5 (PyTorch 0.4.1); with
     PyTorch >= 1.1 the reference steps the scheduler before the epoch, so it decays after 14. We use
     the intended 15 (config `optim.decay_epochs`); set (14,) to match a modern-PyTorch run.
+
+    `warmup_steps` > 0 ramps the rate linearly from lr / warmup_steps at step 0 to lr at step
+    warmup_steps - 1 (not in the reference). Adam's first steps move every weight by about the
+    learning rate whatever the gradient's size; from scratch that lets the pose translation jump
+    past the warps' basin in a few steps (README, "When training collapses").
     """
     boundaries = {int(e) * steps_per_epoch: decay_factor for e in decay_epochs}
-    return optax.piecewise_constant_schedule(lr, boundaries)
+    schedule = optax.piecewise_constant_schedule(lr, boundaries)
+    if warmup_steps <= 0:
+        return schedule
+    return lambda step: schedule(step) * jnp.minimum(1.0, (step + 1.0) / warmup_steps)
+
+
+def schedule_from_config(optim_cfg, steps_per_epoch: int):
+    """`learning_rate_schedule` from an `optim` config section."""
+    return learning_rate_schedule(optim_cfg.lr, steps_per_epoch, optim_cfg.decay_epochs,
+                                  optim_cfg.decay_factor, int(optim_cfg.get("warmup_steps", 0)))
 
 
 def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -103,9 +121,7 @@ def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformat
     scaled by 0.01, so from scratch it is the slow learner of the pair), and that of a separate
     instance pose net ("instance_pose", jdepth/training/piecewise.py).
     """
-    schedule = learning_rate_schedule(
-        optim_cfg.lr, steps_per_epoch, optim_cfg.decay_epochs, optim_cfg.decay_factor
-    )
+    schedule = schedule_from_config(optim_cfg, steps_per_epoch)
 
     def adam(learning_rate):
         return optax.adam(learning_rate, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=1e-8)

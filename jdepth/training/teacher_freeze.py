@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jdepth.training.state import learning_rate_schedule
+from jdepth.training.state import schedule_from_config
 
 TEACHER_NETWORKS = ("mono", "pose")
 
@@ -83,9 +83,7 @@ def restart_at(inner: optax.GradientTransformation, step: int) -> optax.Gradient
 
 
 def _adam(optim_cfg, steps_per_epoch: int, scale: float = 1.0) -> optax.GradientTransformation:
-    schedule = learning_rate_schedule(
-        optim_cfg.lr, steps_per_epoch, optim_cfg.decay_epochs, optim_cfg.decay_factor
-    )
+    schedule = schedule_from_config(optim_cfg, steps_per_epoch)
     if scale != 1.0:
         base = schedule
         schedule = lambda step: scale * base(step)  # noqa: E731
@@ -125,9 +123,7 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
 
 def multi_learning_rate(config, steps_per_epoch: int, step) -> jax.Array:
     """Learning rate of the multi-frame network at ``step`` (the loop logs the base schedule)."""
-    schedule = learning_rate_schedule(
-        config.optim.lr, steps_per_epoch, config.optim.decay_epochs, config.optim.decay_factor
-    )
+    schedule = schedule_from_config(config.optim, steps_per_epoch)
     frozen_from = freeze_step(config)
     if config.manydepth.get("reset_optimizer_at_freeze", True) and frozen_from > 0:
         step = jnp.where(step >= frozen_from, step - frozen_from, step)
