@@ -1,4 +1,4 @@
-"""Host memory allocator for training processes: keep XLA:CPU's step buffers instead of re-faulting them.
+"""Host memory allocator for training processes: keep XLA:CPU's step buffers, not re-fault them.
 
 XLA:CPU allocates every execution's temporary buffer (gigabytes at 640x192) with `posix_memalign`
 from a worker thread and frees it at the end of the step. glibc serves such blocks with a fresh

@@ -6,19 +6,22 @@ Numerical parity with the PyTorch reference networks is tested in tests/test_int
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from flax import traverse_util
 
 from jdepth.models.depth_decoder import DepthDecoder, DepthNet, decoder_torch_index
 from jdepth.models.layers import Conv3x3, reflection_pad, upsample_nearest_2x
 from jdepth.models.pose_net import PoseDecoder, PoseNet
-from jdepth.models.resnet import BasicBlock, Bottleneck, ResNetEncoder, encoder_channels
-from jdepth.models.resnet import max_pool_3x3_s2
-
+from jdepth.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNetEncoder,
+    encoder_channels,
+    max_pool_3x3_s2,
+)
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 

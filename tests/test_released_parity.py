@@ -1,4 +1,4 @@
-"""jdepth's Monodepth2 against the RELEASED code (the PyPI `manydepth` package's networks and layers).
+"""jdepth's Monodepth2 against the RELEASED code (the PyPI `manydepth` package's networks, layers).
 
 The yardstick of the speed and learning comparisons (tools/released_monodepth2.py) must be the same
 model as jdepth's: its weights, loaded into jdepth through jdepth/interop, give the same

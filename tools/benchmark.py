@@ -124,8 +124,8 @@ def run_against_torch(config, steps: int, steps_per_epoch: int, threads: int,
 
     import jax
     import numpy as np
-
     import released_monodepth2
+
     from jdepth.data import device_transforms
     from jdepth.training import synthetic_step
 

@@ -9,8 +9,9 @@ automask with 1e-5 tie-breaking noise, edge-aware smoothness of the mean-normali
 / 2**scale), written from it because the package's own trainer is ManyDepth's. Adam over depth
 and pose networks, as the reference.
 
-Optional: `pip install -e ".[reference]"` (torch, torchvision, manydepth, matplotlib). Never imported
-by jdepth itself: tools/benchmark.py (`--against torch`) and tools/train_released.py use it.
+Optional: `pip install -e ".[reference]"` (torch, torchvision, manydepth, matplotlib). Never
+imported by jdepth itself: tools/benchmark.py (`--against torch`) and tools/train_released.py use
+it.
 
 Inputs are what jdepth's pipeline and `device_transforms.prepare_images` produce (NHWC floats in
 [0, 1], jittered copies, the image pyramid, K / inv_K at scale 0), so both implementations train on
@@ -31,7 +32,8 @@ def import_released():
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the released PyTorch step needs torch: pip install -e '.[reference]'") from e
+        raise ImportError("the released PyTorch step needs torch: "
+                          "pip install -e '.[reference]'") from e
     # torchvision's PyPI wheel registers CUDA meta kernels at import, which fails beside the CPU
     # torch build; the manydepth networks only use torchvision.models' ResNet classes.
     sys.modules.setdefault("torchvision._meta_registrations",
@@ -51,7 +53,8 @@ class ReleasedMonodepth2:
     """Monodepth2 (ResNet-18 depth + separate ResNet-18 pose) with its trainer's loss and Adam.
 
     Args:
-      batch_size, height, width: the step's static shapes (the reference's layers are built for them).
+      batch_size, height, width: the step's static shapes (the reference's layers are built for
+        them).
       scales: decoder output scales (0, 1, 2, 3).
       frame_ids: (0, -1, 1).
       lr: Adam learning rate (the reference: 1e-4).

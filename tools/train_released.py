@@ -1,4 +1,4 @@
-"""Train the RELEASED PyTorch Monodepth2 on a jdepth config's data: the yardstick for jdepth's recipes.
+"""Trains the RELEASED PyTorch Monodepth2 on a jdepth config's data: the yardstick of the recipes.
 
   python tools/train_released.py --config configs/monodepth2.py --workdir runs/released \
       [--config.data.root=... --config.data.split_dir=... --config.train.num_epochs=20 ...]
@@ -59,8 +59,9 @@ class ReleasedPredictor:
 
         out = []
         for start in range(0, len(images), batch_size):
-            chunk = np.stack([pipeline.resize_image(np.asarray(im, np.uint8), self.height,
-                                                    self.width) for im in images[start:start + batch_size]])
+            chunk = np.stack([
+                pipeline.resize_image(np.asarray(im, np.uint8), self.height, self.width)
+                for im in images[start:start + batch_size]])
             disp = self.model.predict_disp(chunk.astype(np.float32) / 255.0)
             out.append(np.asarray(disp_to_depth(disp, self.model.min_depth,
                                                 self.model.max_depth)[0]))
@@ -84,8 +85,8 @@ def check_released_recipe(config) -> None:
 def train(config, workdir: str, threads: int = 0) -> dict:
     import jax
     import numpy as np
-
     import released_monodepth2
+
     from jdepth.data import device_transforms, pipeline
     from jdepth.eval.metrics import format_metrics_table
     from jdepth.training import loop
@@ -119,7 +120,8 @@ def train(config, workdir: str, threads: int = 0) -> dict:
             model.set_lr(loop.tx_lr(config, steps_per_epoch, step - 1))
             batch = next(data)
             color, color_aug, pyramid = prepare(batch["images"], batch["jitter"])
-            inputs = model.tensors(color, color_aug, pyramid, batch["K"][:, 0], batch["inv_K"][:, 0])
+            inputs = model.tensors(color, color_aug, pyramid, batch["K"][:, 0],
+                                   batch["inv_K"][:, 0])
             metrics = model.step(inputs)
             if not np.isfinite(metrics["loss"]):
                 raise FloatingPointError(f"non-finite loss at step {step}")

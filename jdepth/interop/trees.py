@@ -52,6 +52,15 @@ def overlay(target: Mapping, source: Mapping, where: str) -> Tree:
     return traverse_util.unflatten_dict(merged)
 
 
+def matching_subset(source: Mapping, target: Mapping) -> Tree:
+    """The leaves of `source` whose path exists in `target` with the same shape (for starting one
+    architecture from another's weights where their variables coincide)."""
+    flat_target = _flat(target)
+    kept = {path: value for path, value in _flat(source).items()
+            if path in flat_target and tuple(np.shape(value)) == tuple(flat_target[path].shape)}
+    return traverse_util.unflatten_dict(kept)
+
+
 def check_complete(tree: Mapping, expected: Mapping, where: str) -> None:
     """Raises unless `tree` has exactly the leaves and shapes of `expected`."""
     flat, flat_expected = _flat(tree), _flat(expected)

@@ -93,8 +93,9 @@ def warnings(metrics: Mapping[str, float]) -> list[str]:
         found.append(f"depth pinned at the maximum depth on {metrics['depth/at_max_frac']:.0%} of "
                      "pixels")
     if metrics.get("warp/outside_frac", 0.0) > OUTSIDE_FRACTION:
+        ratio = metrics.get("pose/t_over_depth", float("nan"))
         found.append(f"{metrics['warp/outside_frac']:.0%} of warped pixels leave the source image "
-                     f"(translation / depth = {metrics.get('pose/t_over_depth', float('nan')):.2f})")
+                     f"(translation / depth = {ratio:.2f})")
     if metrics.get("automask/identity_frac", 0.0) > IDENTITY_FRACTION:
         found.append(f"the unwarped frames win the automask on "
                      f"{metrics['automask/identity_frac']:.0%} of pixels")

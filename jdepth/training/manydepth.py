@@ -39,7 +39,7 @@ from jdepth.losses import manydepth as md_losses
 from jdepth.losses import velocity as velocity_lib
 from jdepth.models.manydepth import MATCHING_SCALE, ManyDepthNet
 from jdepth.models.manydepth_hrnet import ManyDepthHRNet
-from jdepth.training import metric_init, monodepth, teacher_freeze
+from jdepth.training import collapse, metric_init, monodepth, teacher_freeze
 from jdepth.training import panoptic as panoptic_plugin
 from jdepth.training.state import TrainState
 from jdepth.training.teacher_freeze import make_optimizer  # noqa: F401  (recipe protocol)
@@ -240,6 +240,10 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
         aux["velocity"] = speed
         total = total + jnp.where(joint, loss_cfg.velocity_weight * speed, 0.0)
     teacher_depths = jax.lax.stop_gradient(teacher_aux["depths"])
+    # The teacher and the pose net are where the degenerate solution starts (README, "When
+    # training collapses"); the multi-frame network inherits it through the consistency loss.
+    aux.update(collapse.step_diagnostics(teacher_depths[0], poses, inputs["K"], inputs["inv_K"],
+                                         model.min_depth, model.max_depth))
 
     # The multi-frame loss and the matching never train the pose net (reference: detach).
     fixed_poses = {f: jax.lax.stop_gradient(T) for f, T in poses.items()}

@@ -86,7 +86,7 @@ class TrainState:
 
 def learning_rate_schedule(lr: float, steps_per_epoch: int, decay_epochs, decay_factor: float,
                            warmup_steps: int = 0):
-    """Piecewise-constant LR: multiplied by `decay_factor` at the start of each epoch in `decay_epochs`.
+    """Piecewise-constant LR: times `decay_factor` at the start of each epoch in `decay_epochs`.
 
     Monodepth2's StepLR(15) was meant to give 15 epochs at 1e-4 then 5 at 1e-5 (PyTorch 0.4.1); with
     PyTorch >= 1.1 the reference steps the scheduler before the epoch, so it decays after 14. We use

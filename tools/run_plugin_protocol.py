@@ -1,0 +1,243 @@
+"""Every plug-in against its control, from one shared starting point, equal budget, several seeds.
+
+  python tools/run_plugin_protocol.py --start runs/testbeds/short/synthetic/demo/seed0 \
+      [--runs runs/plugins] [--steps_epochs 2] [--seeds 0,1,2] [--only issl,msff] \
+      [--results RESULTS.md]
+
+The papers start from ImageNet-initialised encoders; here the stand-in is a Monodepth2 checkpoint
+trained on the testbed (`--start`, a finished `configs/demo.py` run on the synthetic set). Every
+variant fine-tunes from it for the same number of epochs, with each seed (data order, augmentation
+and the plug-ins' own randomness; the starting weights are the same):
+
+  control        Monodepth2 (configs/demo.py), no plug-in
+  issl           + ISSL isometric self-samples (Cha et al.; configs/demo_issl.py)
+  panoptic_head  + YOSO panoptic head at the paper's weight 0.35 (Shyam et al.)
+  contrastive    + instance-aware contrastive loss at 0.1
+  piecewise      + piece-wise pose, the paper's settings (configs/demo_piecewise.py)
+  msff           ManyDepth + multi-scale feature fusion, against `manydepth` (ManyDepth without
+                 it) from the same start: the Monodepth2 weights in its teacher, pose net and every
+                 matching variable of its multi-frame network
+Small-object masking is no switch of its own yet (it is part of piece-wise pose, issue 24).
+
+The control of a Monodepth2-family plug-in is `control`; of `msff`, `manydepth`. For each the table
+gives the test AbsRel mean and spread, the paired difference to the control (same seed), and the
+paper's claim (the plug-in lowers AbsRel) judged in direction: "yes" when the mean difference is
+below zero by more than twice its standard error, "no" when above zero by as much, else "within
+noise". Piece-wise pose is also judged on moving cars and the contrastive loss on the edge band
+(dense exact depth, jdepth/eval/regions.py), the regions their papers target.
+Markdown goes into RESULTS.md between `<!-- plugins:begin -->` and `<!-- plugins:end -->`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+BEGIN, END = "<!-- plugins:begin -->", "<!-- plugins:end -->"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    config: str
+    what: str
+    control: str | None  # the variant it is judged against; None for a control
+    overrides: tuple[str, ...] = ()
+    region: str | None = None  # a region of jdepth/eval/regions.py the plug-in targets
+
+
+VARIANTS = (
+    Variant("control", "demo", "Monodepth2, no plug-in", None),
+    Variant("issl", "demo_issl", "+ ISSL (weight 0.1, n_k = 4)", "control"),
+    Variant("panoptic_head", "demo_panoptic", "+ panoptic head (0.35)", "control",
+            ("--config.panoptic.weight=0.35", "--config.contrastive.enabled=False")),
+    Variant("contrastive", "demo_panoptic", "+ contrastive loss (0.1)", "control",
+            ("--config.panoptic.enabled=False", "--config.contrastive.weight=0.1"), "edge_band"),
+    Variant("piecewise", "demo_piecewise", "+ piece-wise pose (paper settings)", "control",
+            region="moving"),
+    Variant("manydepth", "manydepth_demo", "ManyDepth, no MSFF", None),
+    Variant("msff", "manydepth_demo", "ManyDepth + MSFF", "manydepth",
+            ("--config.model.msff=True",)),
+)
+
+
+def start_weights(start: str, out_dir: str, recipe: str) -> str:
+    """The start checkpoint as a params .npz for `recipe` ('monodepth2' or 'manydepth')."""
+    from jdepth.interop import params_npz, trees
+    from jdepth.training import checkpoint, recipes
+
+    path = os.path.join(out_dir, f"start_{recipe}.npz")
+    if os.path.exists(path):
+        return path
+    config = checkpoint.load_config(start)
+    restored, _ = checkpoint.restore_params(start, recipes.abstract_state_tree(config))
+    params = {k: v for k, v in restored["params"].items()}
+    stats = {k: v for k, v in restored["batch_stats"].items()}
+    if recipe == "manydepth":
+        # Its teacher is a Monodepth2 depth net; its multi-frame net shares the ResNet encoder and
+        # the decoder layout, so every variable with the same path and shape starts from them too.
+        target = jax_shapes(config, "manydepth_demo")
+        multi = {c: trees.matching_subset(tree["depth"], target[c]["depth"])
+                 for c, tree in (("params", params), ("batch_stats", stats))}
+        params = {"mono": params["depth"], "pose": params["pose"], "depth": multi["params"]}
+        stats = {"mono": stats["depth"], "pose": stats["pose"], "depth": multi["batch_stats"]}
+    params_npz.save(path, params, stats)
+    return path
+
+
+def jax_shapes(config, config_name: str) -> dict:
+    """{"params": ..., "batch_stats": ...} shape trees of `config_name` at `config`'s size."""
+    import jax
+
+    from jdepth.config_files import sibling
+    from jdepth.training import recipes
+
+    target_config = sibling(os.path.join(REPO, "configs", "x.py"), config_name).get_config()
+    target_config.data.height, target_config.data.width = config.data.height, config.data.width
+    recipe = recipes.get(target_config.recipe)
+    networks = recipe.build_networks(target_config, bn_axis_name=None)
+    params, stats = jax.eval_shape(
+        lambda: recipe.init_variables(networks, target_config, jax.random.PRNGKey(0)))
+    return {"params": params, "batch_stats": stats}
+
+
+def train(variant: Variant, seed: int, args, start_npz: str) -> str:
+    workdir = os.path.join(args.runs, variant.name, f"seed{seed}")
+    if not os.path.exists(os.path.join(workdir, "eval", "train_final_test_metrics.json")):
+        cmd = [sys.executable, "-m", "jdepth.train",
+               "--config", os.path.join(REPO, "configs", f"{variant.config}.py"),
+               "--workdir", workdir, f"--config.seed={seed}",
+               f"--config.model.encoder_init=params:{start_npz}",
+               f"--config.train.num_epochs={args.steps_epochs}",
+               f"--config.optim.decay_epochs=({args.steps_epochs},)",
+               "--config.train.eval_every_epochs=0", "--config.train.progress_bar=False",
+               *variant.overrides]
+        if variant.config.startswith("manydepth"):
+            # The teacher starts trained: freeze it from the start, as ManyDepth does after its
+            # first epochs.
+            cmd.append("--config.manydepth.freeze_teacher_epoch=0")
+        os.makedirs(workdir, exist_ok=True)
+        print(f"[plugins] {variant.name}/seed{seed}", flush=True)
+        with open(os.path.join(workdir, "train.log"), "a") as log:
+            if subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode:
+                raise RuntimeError(f"{workdir}: training failed, see {workdir}/train.log")
+    return workdir
+
+
+def scores(workdir: str, region: str | None) -> dict:
+    from jdepth.eval import regions
+    from jdepth.inference import DepthPredictor
+
+    with open(os.path.join(workdir, "eval", "train_final_test_metrics.json")) as f:
+        out = {"abs_rel": json.load(f)["abs_rel"]}
+    if region:
+        cache = os.path.join(workdir, "eval", f"region_{region}.json")
+        if not os.path.exists(cache):
+            predictor = DepthPredictor.from_workdir(workdir)
+            result = regions.evaluate_regions(predictor, predictor.config.data.root,
+                                              predictor.config.data.test_split,
+                                              gt_kind="dense", median_scaling=True)
+            with open(cache, "w") as f:
+                json.dump({"abs_rel": result[region]["abs_rel"]}, f)
+        with open(cache) as f:
+            out[region] = json.load(f)["abs_rel"]
+    return out
+
+
+def verdict(differences: list[float]) -> str:
+    d = np.asarray(differences)
+    if len(d) < 2:
+        return "n/a (one seed)"
+    error = d.std(ddof=1) / np.sqrt(len(d))
+    if d.mean() < -2 * error:
+        return "yes"
+    if d.mean() > 2 * error:
+        return "no"
+    return "within noise"
+
+
+def table(results: dict, seeds) -> str:
+    lines = [BEGIN, "", "## Plug-ins from one shared starting point", "",
+             "Written by `python tools/run_plugin_protocol.py` (do not edit by hand). Every row "
+             "fine-tunes the same Monodepth2 checkpoint (the stand-in for the papers' "
+             "ImageNet-initialised encoders) for the same number of steps, once per seed; the "
+             "difference is paired by seed. Paper's claim: the plug-in lowers AbsRel; `yes`/`no` "
+             "when the mean difference is beyond twice its standard error, else `within noise`.",
+             "", "| plug-in | what | metric | mean ± std | control | difference (paired) | "
+             "paper's claim holds |", "|---|---|---|---|---|---|---|"]
+    for v in VARIANTS:
+        if v.name not in results:
+            continue
+        metrics = ["abs_rel"] + ([v.region] if v.region else [])
+        for metric in metrics:
+            ours = np.array([results[v.name][s][metric] for s in seeds])
+            row = f"| `{v.name}` | {v.what} | {metric} | {ours.mean():.3f} ± {ours.std(ddof=1):.3f}"
+            if v.control and v.control in results:
+                control = np.array([scores_of(results, v.control, s, metric) for s in seeds])
+                diff = ours - control
+                row += (f" | {control.mean():.3f} | {diff.mean():+.3f} ± {diff.std(ddof=1):.3f} | "
+                        f"{verdict(list(diff))} |")
+            else:
+                row += " | - | - | (control) |"
+            lines.append(row)
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def scores_of(results: dict, name: str, seed, metric: str) -> float:
+    value = results[name][seed].get(metric)
+    if value is None:
+        raise KeyError(f"{name} seed {seed} has no {metric}")
+    return value
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--start", required=True, help="a finished configs/demo.py run")
+    parser.add_argument("--runs", default=os.path.join(REPO, "runs", "plugins"))
+    parser.add_argument("--steps_epochs", type=int, default=2)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--only", default=None)
+    parser.add_argument("--results", default=os.path.join(REPO, "RESULTS.md"))
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    chosen = VARIANTS if not args.only else [v for v in VARIANTS if v.name in args.only.split(",")]
+    os.makedirs(args.runs, exist_ok=True)
+    results = {}
+    for v in chosen:
+        # A control needs its own metrics too (regions of the plug-ins that target one).
+        region_of_control = {w.region for w in VARIANTS if w.control == v.name and w.region}
+        start = start_weights(args.start, args.runs,
+                              "manydepth" if v.config.startswith("manydepth") else "monodepth2")
+        results[v.name] = {}
+        for seed in seeds:
+            workdir = train(v, seed, args, start)
+            score = scores(workdir, v.region)
+            for region in region_of_control:
+                score.update(scores(workdir, region))
+            results[v.name][seed] = score
+    with open(os.path.splitext(args.results)[0] + "_plugins.json", "w") as f:
+        json.dump({v: {str(s): r for s, r in d.items()} for v, d in results.items()}, f, indent=1)
+    text = open(args.results).read() if os.path.exists(args.results) else ""
+    block = table(results, seeds)
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(args.results, "w") as f:
+        f.write(text)
+    print(f"[plugins] wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
