@@ -5,7 +5,9 @@
       [--matching_mode lookup|static|zero_cost_volume] [--teacher]   (multi-frame recipes)
 
 Prints the Monodepth2-style table and writes W/eval/metrics.json. Median scaling is on by default
-(relative-depth models) and off by default for recipes that predict absolute depth.
+(relative-depth models) and off by default for recipes that predict absolute depth. Ground truth
+that does not belong to the split (another split's export, another frame count, maps of another
+size than the images) is refused with `kitti.GroundTruthMismatchError` naming the GT file.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def main(argv=None) -> int:
                         help="multi-frame recipes: evaluate the single-frame teacher instead")
     args = parser.parse_args(argv)
 
+    # The ground truth is checked against the split before the model is restored: GT of another
+    # split or size would otherwise be scored into plausible numbers.
+    gt = kitti.load_gt_file(args.gt)
+    depth_eval.check_split_gt(args.data_root, args.split_file, gt)
     predictor = DepthPredictor.from_workdir(args.workdir, args.step)
     if args.teacher:
         config = predictor.config
@@ -49,7 +55,6 @@ def main(argv=None) -> int:
         median_scaling = False
     if args.median_scaling:
         median_scaling = True
-    gt = kitti.load_gt_depths(args.gt)
     result = depth_eval.evaluate_split(
         predictor, args.data_root, args.split_file, gt,
         median_scaling=median_scaling, split_kind=args.split_kind,

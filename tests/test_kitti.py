@@ -359,7 +359,10 @@ def test_export_tool_round_trip(tmp_path):
     assert tool.main(args) == 0
 
     with np.load(output, allow_pickle=True) as f:
-        assert f.files == ["data"] and f["data"].dtype == object
+        # Monodepth2's `data` layout, plus the split's fingerprint and the maps' sizes.
+        assert f.files[0] == "data" and f["data"].dtype == object
+        assert str(f["split_fingerprint"]) == kitti.split_fingerprint(refs[::-1])
+        assert f["image_sizes"].tolist() == [[375, 1242]] * 2
     depths = kitti.load_gt_depths(str(output))
     assert len(depths) == 2
     for depth, ref in zip(depths, refs[::-1]):  # split order

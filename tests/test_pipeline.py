@@ -117,8 +117,10 @@ def test_missing_neighbour_and_corrupt_frame_name_the_file(synthetic_root, tmp_p
     clamped = pipeline.load_sample((0, ref), np.random.default_rng(0), _cfg(root, on_missing="clamp"),
                                    train=False)
     np.testing.assert_array_equal(clamped["images"][1], clamped["images"][0])
-    target = kitti.image_path(root, ref)
+    # A frame no call has decoded yet (decoded frames are cached per process).
+    other = kitti.read_split_file(_split(root))[4]
+    target = kitti.image_path(root, other)
     with open(target, "r+b") as f:
         f.truncate(200)
     with pytest.raises(kitti.DataError, match=os.path.basename(target)):
-        pipeline.load_sample((0, ref), np.random.default_rng(0), cfg, train=True)
+        pipeline.load_sample((4, other), np.random.default_rng(0), cfg, train=True)

@@ -3,8 +3,10 @@
     python tools/export_gt_depth.py --data_root ROOT --split_file FILE --output OUT.npz \
         [--split_kind eigen|eigen_benchmark]
 
-OUT.npz holds one key, `data`: an object array of float32 [H, W] depth maps at native image size,
-in split-file order (0 = no ground truth). Read it with `jdepth.data.kitti.load_gt_depths` or
+OUT.npz holds `data`: an object array of float32 [H, W] depth maps at native image size, in
+split-file order (0 = no ground truth), as Monodepth2's file does, plus `split_fingerprint` (sha1 of
+the split's frames) and `image_sizes` [N, 2], which `jdepth.evaluate` checks so that GT of another
+split or size is refused. Read it with `jdepth.data.kitti.load_gt_file` or
 `np.load(OUT, allow_pickle=True)["data"]`.
 
   eigen            raw velodyne projected into the frame's camera, LiDAR forward distance
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     depths = kitti.export_gt_depths(args.data_root, refs, kind=args.split_kind)
     out_dir = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(out_dir, exist_ok=True)
-    kitti.save_gt_depths(args.output, depths)
+    kitti.save_gt_depths(args.output, depths, refs)
     valid = [int(np.count_nonzero(d)) for d in depths]
     print(
         f"-> wrote {len(depths)} {args.split_kind} ground-truth maps to {args.output} "

@@ -16,6 +16,9 @@ at the image's own size (the disparity is upsampled bilinearly, align_corners=Fa
 Monodepth2's test_simple.py does; --native_size keeps the network resolution). Depth is in the
 model's units: up to an unknown scale for monocular training (multiply by a median-scaling factor
 with --scale), metric after --scale 5.4 for Monodepth2's stereo-trained models.
+
+An image that cannot be read (missing, truncated, not an image) is reported with its path and
+skipped; the others are written, and the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -99,6 +102,28 @@ def write_outputs(stem_path: str, depth: np.ndarray, disp: np.ndarray,
 FLAT_RATIO = 1.05
 
 
+def load_images(items: list[tuple[str, str]]):
+    """Decodes each image with the project's loader, keeping going past unreadable ones.
+
+    Args:
+      items: (path, output stem) pairs.
+
+    Returns:
+      (loaded, failures): [(path, stem, uint8 [h, w, 3])] of the readable images, in order, and
+      [(path, kitti.DataError)] of the others (missing, truncated, not an image; the error names
+      the file). One bad file no longer aborts the good images of its batch.
+    """
+    from jdepth.data import kitti
+
+    loaded, failures = [], []
+    for path, stem in items:
+        try:
+            loaded.append((path, stem, kitti.load_image(path)))
+        except kitti.DataError as exc:
+            failures.append((path, exc))
+    return loaded, failures
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.device != "auto":
@@ -106,21 +131,25 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["JAX_PLATFORMS"] = args.device.replace("gpu", "cuda")
     import jax
 
-    from jdepth.data import kitti
     from jdepth.inference import DepthPredictor
 
     images = find_images(args.inputs)
     predictor = DepthPredictor.from_workdir(args.workdir, args.step)
     print(f"model {args.workdir} ({predictor.width}x{predictor.height}) on "
           f"{jax.devices()[0].platform}; {len(images)} images -> {args.output_dir}")
-    disps = []
+    disps, failures = [], []
     for start in range(0, len(images), args.batch_size):
-        chunk = images[start : start + args.batch_size]
-        arrays = [kitti.load_image(path) for path, _ in chunk]
-        disps.extend(zip(chunk, [a.shape[:2] for a in arrays],
-                         predictor.predict_disparity(arrays, batch_size=args.batch_size)))
+        loaded, failed = load_images(images[start : start + args.batch_size])
+        for path, error in failed:
+            print(f"skipped: {error}", file=sys.stderr, flush=True)
+        failures.extend(failed)
+        if loaded:
+            arrays = [array for _, _, array in loaded]
+            disps.extend(zip([(path, stem) for path, stem, _ in loaded],
+                             [a.shape[:2] for a in arrays],
+                             predictor.predict_disparity(arrays, batch_size=args.batch_size)))
     color_range = None
-    if args.color_range == "global":
+    if args.color_range == "global" and disps:
         every = np.concatenate([d.ravel() for _, _, d in disps])
         color_range = (float(np.percentile(every, 2)), float(np.percentile(every, 98)))
     for (path, stem), size, disp in disps:
@@ -136,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"colour range (disparity, all images): {color_range[0]:.4g} to "
               f"{color_range[1]:.4g}, i.e. depth {args.scale / color_range[1]:.3g} to "
               f"{args.scale / color_range[0]:.3g}")
+    if failures:
+        print(f"{len(failures)} of {len(images)} images could not be read (listed above as "
+              "'skipped'); the others were written", file=sys.stderr)
+        return 1
     return 0
 
 

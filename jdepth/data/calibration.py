@@ -39,22 +39,16 @@ def require_file(path: str, what: str) -> None:
         raise MissingFileError(f"{path}: {what} not found")
 
 
-def read_calib_file(path: str) -> dict[str, np.ndarray]:
-    """Parses a KITTI calibration text file.
+def _parse_calib_lines(path: str) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, str]]]:
+    """Numeric entries {key: float64 vector} and text entries {key: (line number, raw value)}.
 
-    Args:
-      path: e.g. `<root>/2011_09_26/calib_cam_to_cam.txt`.
-
-    Returns:
-      {key: float64 vector} for every line whose values are all numeric. Lines with non-numeric
-      values (the `calib_time:` timestamp) are skipped, as the reference reader does.
-
-    Raises:
-      MissingFileError: the file does not exist.
-      DataError: a non-empty line has no `key:` prefix.
+    A line whose values are all non-numeric (the `calib_time:` timestamp) is a text entry. A line
+    mixing numbers and text is a corrupt numeric entry and raises, so a damaged value is reported
+    as damaged instead of as a missing key.
     """
     require_file(path, "calibration file")
-    calib: dict[str, np.ndarray] = {}
+    numeric: dict[str, np.ndarray] = {}
+    text: dict[str, tuple[int, str]] = {}
     with open(path, "r", encoding="utf-8", errors="replace") as f:
         for line_no, line in enumerate(f, start=1):
             line = line.strip()
@@ -62,20 +56,56 @@ def read_calib_file(path: str) -> dict[str, np.ndarray]:
                 continue
             if ":" not in line:
                 raise DataError(f"{path}:{line_no}: expected 'key: values', got {line!r}")
-            key, value = line.split(":", 1)
-            try:
-                calib[key.strip()] = np.array([float(v) for v in value.split()], dtype=np.float64)
-            except ValueError:
+            key, value = (part.strip() for part in line.split(":", 1))
+            parsed = [_float_or_none(v) for v in value.split()]
+            if parsed and all(v is None for v in parsed):
+                text[key] = (line_no, value)
                 continue
-    return calib
+            bad = [tok for tok, v in zip(value.split(), parsed) if v is None]
+            if bad:
+                raise DataError(
+                    f"{path}:{line_no}: key {key!r} has a non-numeric value {bad[0]!r}"
+                )
+            numeric[key] = np.array(parsed, dtype=np.float64)
+    return numeric, text
 
 
-def _get(calib: dict[str, np.ndarray], path: str, key: str, size: int) -> np.ndarray:
+def _float_or_none(token: str) -> float | None:
+    try:
+        return float(token)
+    except ValueError:
+        return None
+
+
+def read_calib_file(path: str) -> dict[str, np.ndarray]:
+    """Parses a KITTI calibration text file.
+
+    Args:
+      path: e.g. `<root>/2011_09_26/calib_cam_to_cam.txt`.
+
+    Returns:
+      {key: float64 vector} for every line whose values are numeric. Lines whose values are all
+      text (the `calib_time:` timestamp) are skipped, as the reference reader does.
+
+    Raises:
+      MissingFileError: the file does not exist.
+      DataError: a non-empty line has no `key:` prefix, or mixes numbers and text (file:line).
+    """
+    return _parse_calib_lines(path)[0]
+
+
+def _get(calib: dict[str, np.ndarray], path: str, key: str, size: int,
+         text: dict[str, tuple[int, str]] | None = None) -> np.ndarray:
     if key not in calib:
+        if text and key in text:
+            line_no, raw = text[key]
+            raise DataError(f"{path}:{line_no}: key {key!r} is not numeric: {raw!r}")
         raise DataError(f"{path}: missing key {key!r} (found: {sorted(calib)})")
     value = calib[key]
     if value.size != size:
         raise DataError(f"{path}: key {key!r} has {value.size} values, expected {size}")
+    if not np.all(np.isfinite(value)):
+        raise DataError(f"{path}: key {key!r} has a non-finite value: {value.tolist()}")
     return value
 
 
@@ -112,28 +142,58 @@ def load_camera_calibration(calib_dir: str, cam: int) -> CameraCalibration:
 
     Raises:
       MissingFileError: a calibration file is missing.
-      DataError: a required key is missing or has the wrong number of values; the message names the
-        file and the key.
+      DataError: a required key is missing, not numeric, not finite or has the wrong number of
+        values, or the intrinsics are unusable (`intrinsics_problems`); the message names the file
+        and the key.
     """
     cam_path = os.path.join(calib_dir, CAM_TO_CAM_FILE)
     velo_path = os.path.join(calib_dir, VELO_TO_CAM_FILE)
-    cam2cam = read_calib_file(cam_path)
-    velo2cam = read_calib_file(velo_path)
+    cam2cam, cam_text = _parse_calib_lines(cam_path)
+    velo2cam, velo_text = _parse_calib_lines(velo_path)
 
-    p_rect = _get(cam2cam, cam_path, f"P_rect_0{cam}", 12).reshape(3, 4)
+    p_rect = _get(cam2cam, cam_path, f"P_rect_0{cam}", 12, cam_text).reshape(3, 4)
     r_rect = np.eye(4)
-    r_rect[:3, :3] = _get(cam2cam, cam_path, "R_rect_00", 9).reshape(3, 3)
-    width, height = _get(cam2cam, cam_path, f"S_rect_0{cam}", 2)
+    r_rect[:3, :3] = _get(cam2cam, cam_path, "R_rect_00", 9, cam_text).reshape(3, 3)
+    width, height = _get(cam2cam, cam_path, f"S_rect_0{cam}", 2, cam_text)
     velo_to_cam = np.eye(4)
-    velo_to_cam[:3, :3] = _get(velo2cam, velo_path, "R", 9).reshape(3, 3)
-    velo_to_cam[:3, 3] = _get(velo2cam, velo_path, "T", 3)
-    return CameraCalibration(
+    velo_to_cam[:3, :3] = _get(velo2cam, velo_path, "R", 9, velo_text).reshape(3, 3)
+    velo_to_cam[:3, 3] = _get(velo2cam, velo_path, "T", 3, velo_text)
+    calib = CameraCalibration(
         cam=cam,
         P_rect=p_rect,
         R_rect_00=r_rect,
         velo_to_cam=velo_to_cam,
         image_size=(int(round(width)), int(round(height))),
     )
+    problems = intrinsics_problems(calib)
+    if problems:
+        raise DataError(f"{cam_path}: " + "; ".join(problems))
+    return calib
+
+
+def intrinsics_problems(calib: CameraCalibration) -> list[str]:
+    """What makes a camera's intrinsics unusable, one sentence per problem (empty: usable).
+
+    Checks what the warp needs: a positive image size (S_rect), finite positive focal lengths and
+    a principal point inside the image. A zero focal length made the intrinsics singular (a bare
+    LinAlgError in the pipeline); intrinsics scaled by 100 put the principal point far outside the
+    image and trained without error into a model that scored no pixel.
+    """
+    cam = calib.cam
+    width, height = calib.image_size
+    fx, fy = calib.P_rect[0, 0], calib.P_rect[1, 1]
+    cx, cy = calib.P_rect[0, 2], calib.P_rect[1, 2]
+    problems = []
+    if width <= 0 or height <= 0:
+        problems.append(f"S_rect_0{cam} image size {width}x{height} is not positive")
+    if not (fx > 0 and fy > 0):
+        problems.append(f"P_rect_0{cam} focal lengths fx={fx:g}, fy={fy:g} must be positive")
+    if width > 0 and height > 0 and not (0 <= cx < width and 0 <= cy < height):
+        problems.append(
+            f"P_rect_0{cam} principal point ({cx:g}, {cy:g}) lies outside the {width}x{height} "
+            f"image (S_rect_0{cam}); were the values scaled?"
+        )
+    return problems
 
 
 def normalised_intrinsics(calib: CameraCalibration) -> np.ndarray:

@@ -126,8 +126,10 @@ def draw_color_jitter(rng: np.random.Generator, cfg: PipelineConfig) -> np.ndarr
 class KittiFrames:
     """Random-access source over the lines of a split file; each record is a FrameRef + its index.
 
-    Building it checks that the split is non-empty and the calibration of every drive parses, so a
-    wrong root or split fails at start-up, not in a worker minutes later.
+    Building it checks that the split is non-empty and parses the calibration of every drive and
+    camera it uses (`kitti.load_camera_calibration`, which also refuses unusable intrinsics), so a
+    bad calibration fails here, naming the file, not in a worker minutes later. The full check of
+    every frame is the train loop's validation pass (jdepth/data/validate.py).
     """
 
     def __init__(self, root: str, split_file: str):
@@ -135,7 +137,9 @@ class KittiFrames:
         self.split_file = split_file
         self.refs = kitti.read_split_file(split_file)
         if not self.refs:
-            raise ValueError(f"{split_file}: split file has no frames")
+            raise kitti.DataError(f"{split_file}: split file has no frames")
+        for date_dir, cam in sorted({(kitti.calib_dir(root, r), r.camera) for r in self.refs}):
+            _normalised_intrinsics(date_dir, cam)
 
     def __len__(self) -> int:
         return len(self.refs)

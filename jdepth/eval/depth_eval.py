@@ -69,14 +69,47 @@ def predict_split(
 
 
 def gt_depths_for_split(root: str, split_file: str, cache_path: str | None = None, kind="eigen"):
-    """Velodyne ground truth of a split (Eigen protocol), cached as an npz when a path is given."""
+    """Velodyne ground truth of a split (Eigen protocol), cached as an npz when a path is given.
+
+    A cache exported from another split (or without a split fingerprint: an older jdepth) is
+    exported again, so a changed split file can never be scored against stale maps.
+
+    Returns:
+      kitti.GroundTruth (a list-like of float32 [H, W] maps, with the split's fingerprint).
+    """
+    refs = kitti.read_split_file(split_file)
     if cache_path and os.path.exists(cache_path):
-        return kitti.load_gt_depths(cache_path)
-    depths = kitti.export_gt_depths(root, kitti.read_split_file(split_file), kind)
+        cached = kitti.load_gt_file(cache_path)
+        if cached.split_fingerprint == kitti.split_fingerprint(refs):
+            return cached
+        print(f"{cache_path}: cached ground truth is not from {split_file} (or predates split "
+              "fingerprints); exporting it again", flush=True)
+    depths = kitti.export_gt_depths(root, refs, kind)
     if cache_path:
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-        kitti.save_gt_depths(cache_path, depths)
-    return depths
+        kitti.save_gt_depths(cache_path, depths, refs)
+    return kitti.GroundTruth(depths, cache_path, kitti.split_fingerprint(refs),
+                             np.array([d.shape for d in depths], np.int64).reshape(-1, 2))
+
+
+def split_image_sizes(root: str, refs, ext: str | None = None) -> list[tuple[int, int]]:
+    """(height, width) of each frame's image, from the file headers (nothing decoded)."""
+    return [kitti.read_image_size(kitti.image_path(root, ref, ext=ext)) for ref in refs]
+
+
+def check_split_gt(root: str, split_file: str, gt_depths, ext: str | None = None) -> None:
+    """Refuses ground truth that does not belong to the split (count, fingerprint, map sizes).
+
+    Args:
+      gt_depths: a kitti.GroundTruth, or a plain list of maps (checked by count and size only).
+
+    Raises:
+      kitti.GroundTruthMismatchError naming the GT file and every problem found.
+    """
+    gt = gt_depths if isinstance(gt_depths, kitti.GroundTruth) else kitti.GroundTruth(list(gt_depths))
+    refs = kitti.read_split_file(split_file)
+    sizes = split_image_sizes(root, refs, ext) if len(gt) == len(refs) else None
+    kitti.require_ground_truth_matches(gt, refs, split_file, sizes)
 
 
 def evaluate_split(
@@ -93,14 +126,12 @@ def evaluate_split(
 ) -> dict:
     """Predicts every frame of the split and returns the KITTI metrics dict.
 
-    `matching_mode` applies to multi-frame recipes only (see `lookup_inputs`).
+    `matching_mode` applies to multi-frame recipes only (see `lookup_inputs`). `gt_depths` (a
+    kitti.GroundTruth or a list of maps) is checked against the split first (`check_split_gt`).
     """
+    check_split_gt(root, split_file, gt_depths)
     refs = kitti.read_split_file(split_file)
-    if len(refs) != len(gt_depths):
-        raise ValueError(
-            f"{split_file}: {len(refs)} frames but {len(gt_depths)} ground-truth maps; "
-            "was the GT exported from this split?"
-        )
+    gt_depths = list(gt_depths.depths if isinstance(gt_depths, kitti.GroundTruth) else gt_depths)
     if max_images:
         refs, gt_depths = refs[:max_images], gt_depths[:max_images]
         masks = masks[:max_images] if masks is not None else None

@@ -1,7 +1,9 @@
 """Orbax checkpoints of the train state together with the data-iterator state.
 
 Layout of a workdir:
-  W/config.json            the full config of the run (written once, compared on resume)
+  W/config.json            the full config of the run (compared on resume before it is rewritten;
+                           jdepth/training/preflight.py); W/config.<time>.json: configs replaced
+                           with --allow_config_change
   W/checkpoints/<step>/    orbax step folders, saved atomically together:
                            "model" (params, batch_stats, extra: all that inference needs),
                            "opt" (step, optimizer state) and "data" (grain iterator state, JSON)
@@ -15,11 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jdepth.training import config_check
 
 
 def _to_host(tree):
@@ -37,27 +42,65 @@ def _abstract(tree):
     )
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. the checkpoints folder is not writable)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A workdir's checkpoint does not fit the state the current config builds."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+    """`<workdir>/checkpoints`, absolute."""
+    return os.path.abspath(os.path.join(workdir, "checkpoints"))
+
+
+def has_checkpoints(workdir: str) -> bool:
+    """Whether `workdir` holds at least one finished checkpoint (a numbered step folder)."""
+    directory = checkpoint_dir(workdir)
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 class Checkpointer:
-    """Thin wrapper around `ocp.CheckpointManager` for (model, optimizer, iterator state) triples."""
+    """Thin wrapper around `ocp.CheckpointManager` for (model, optimizer, iterator state) triples.
+
+    Saves are synchronous: an asynchronous save that fails (a checkpoints folder that is not
+    writable) left a background thread waiting forever, so the process hung after printing the
+    PermissionError. A synchronous save raises `CheckpointWriteError` in the train loop instead
+    and costs about a second per save at KITTI size, every `train.ckpt_every_steps` steps.
+    """
 
     def __init__(self, workdir: str, max_to_keep: int = 3):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = checkpoint_dir(workdir)
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False),
         )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, model: Any, opt: Any, data_state: dict | None, force=False):
-        """Saves asynchronously (host copies are taken first, so training can go on)."""
+        """Saves step `step` and returns when it is on disk (orbax commits it atomically).
+
+        Raises:
+          CheckpointWriteError: naming the folder, when orbax cannot write it.
+        """
         args = ocp.args.Composite(
             model=ocp.args.StandardSave(_to_host(model)),
             opt=ocp.args.StandardSave(_to_host(opt)),
             data=ocp.args.JsonSave(data_state if data_state is not None else {}),
         )
-        self.manager.save(step, args=args, force=force)
+        try:
+            self.manager.save(step, args=args, force=force)
+            self.manager.wait_until_finished()
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"{self.directory}: cannot write checkpoint {step}: {exc}. Make the folder "
+                "writable (or use another --workdir) and run the same command again to resume "
+                "from the last checkpoint."
+            ) from exc
 
     def _step_or_latest(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step
@@ -107,39 +150,56 @@ def restore_params(workdir: str, target_tree: Any, step: int | None = None) -> t
         ckpt.close()
 
 
-def save_config(workdir: str, config) -> None:
-    """Writes W/config.json; on resume, refuses a config that changes what was trained."""
+def read_config_json(workdir: str) -> dict | None:
+    """The dict of `W/config.json`, or None when there is none."""
     path = os.path.join(workdir, "config.json")
-    text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        new = json.loads(text)
-        changed = [k for k in ("recipe", "model", "data") if old.get(k) != new.get(k)]
-        # Paths may move between machines and the init file only matters at step 0; what defines
-        # the model and its inputs may not change.
-        changed = [k for k in changed if not _only_paths_differ(old.get(k), new.get(k))]
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def config_as_dict(config) -> dict:
+    """The config as `W/config.json` stores it (JSON types: tuples become lists)."""
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def write_config(workdir: str, config, keep_old: bool = False) -> str | None:
+    """Writes W/config.json atomically; with `keep_old`, first moves the existing one aside.
+
+    Returns:
+      the path the old config was kept at (`W/config.<YYYYmmdd-HHMMSS>.json`), or None.
+    """
+    path = os.path.join(workdir, "config.json")
+    kept = None
+    if keep_old and os.path.exists(path):
+        kept = os.path.join(workdir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
+        os.replace(path, kept)
+    os.makedirs(workdir, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return kept
+
+
+def save_config(workdir: str, config) -> None:
+    """Writes W/config.json unless it holds another run's config (tools that create workdirs).
+
+    Raises:
+      ValueError: naming config.json and the changed keys (paths and `FREE_KEYS` may differ).
+    """
+    old = read_config_json(workdir)
+    if old is not None:
+        changed = [c for c in config_check.changed_keys(old, config_as_dict(config))
+                   if c[0] not in config_check.FREE_KEYS | config_check.PATH_KEYS]
         if changed:
             raise ValueError(
-                f"{path}: the workdir holds a run with a different config (sections {changed}); "
-                "use a new --workdir or the same config"
+                f"{os.path.join(workdir, 'config.json')}: the workdir holds a run with a different "
+                f"config ({config_check.format_changes(changed)}); use a new --workdir or the "
+                "same config"
             )
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-
-
-_PATH_KEYS = (
-    "root", "split_dir", "train_split", "val_split", "test_split", "cache_dir", "num_workers",
-    "encoder_init",
-)
-
-
-def _only_paths_differ(old, new) -> bool:
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return False
-    keys = set(old) | set(new)
-    return all(old.get(k) == new.get(k) for k in keys if k not in _PATH_KEYS)
+    write_config(workdir, config)
 
 
 def load_config(workdir: str):

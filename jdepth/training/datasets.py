@@ -23,6 +23,11 @@ def _synthetic_root(config) -> str:
     return os.path.join(cache, f"synthetic_kitti_{key}")
 
 
+def synthetic_ready(config) -> bool:
+    """Whether the synthetic set of `config.data.synthetic` is already generated."""
+    return os.path.exists(os.path.join(_synthetic_root(config), "splits", "test_files.txt"))
+
+
 def ensure_synthetic(config) -> str:
     """Generates the synthetic dataset described by `config.data.synthetic` unless it exists."""
     from jdepth.data import synthetic
@@ -39,7 +44,11 @@ def ensure_synthetic(config) -> str:
 
 
 def resolve_data(config, workdir: str) -> ml_collections.ConfigDict:
-    """Returns a copy of `config` with `data.root` and the split files filled in and checked."""
+    """Returns a copy of `config` with `data.root` and the split files filled in.
+
+    Whether those exist and hold usable frames is the validation pass's job
+    (jdepth/training/preflight.py), which reports every problem at once.
+    """
     config = ml_collections.ConfigDict(config.to_dict())
     d = config.data
     if not d.get("root"):
@@ -54,6 +63,4 @@ def resolve_data(config, workdir: str) -> ml_collections.ConfigDict:
         key = f"{split}_split"
         if not d.get(key):
             d[key] = os.path.join(split_dir, f"{split}_files.txt")
-        if not os.path.exists(d[key]):
-            raise FileNotFoundError(f"{d[key]}: {split} split file not found")
     return config

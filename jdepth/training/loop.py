@@ -1,7 +1,9 @@
 """`train_and_evaluate(config, workdir)`: the training loop shared by every recipe.
 
-Sections: data, model and optimizer, resume, loop (step, log, NaN check, checkpoint, periodic
-eval), final evaluation. Recipe specifics live in the recipe's module (see training/recipes.py).
+Sections: validation (jdepth/training/preflight.py: every input checked before anything is
+built), data, model and optimizer, resume, loop (step, log, NaN check, checkpoint, periodic eval),
+final evaluation. Recipe specifics live in the recipe's module (see training/recipes.py). Each
+phase that takes long prints one line as it starts, so a run is never silent for minutes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
@@ -22,8 +25,7 @@ from jdepth.data import pipeline
 from jdepth.eval import depth_eval
 from jdepth.eval.metrics import format_metrics_table
 from jdepth.inference import DepthPredictor
-from jdepth.training import checkpoint, collapse, piecewise, recipes
-from jdepth.training.datasets import resolve_data
+from jdepth.training import checkpoint, collapse, config_check, piecewise, preflight, recipes
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.parallel import DataParallel
 from jdepth.training.state import TrainState, make_optimizer, param_count
@@ -101,21 +103,76 @@ def _depth_images(predictor, batch, frame_ids) -> dict:
             for i in range(len(images))}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains (or resumes) the configured recipe in `workdir`; returns the final test metrics."""
-    os.makedirs(workdir, exist_ok=True)
+def _say(message: str) -> None:
+    """One progress line, flushed at once (the console shows phases as they start)."""
+    print(message, flush=True)
+
+
+def _restore(ckpt, state, data_iter, changes) -> tuple:
+    """Restores the latest checkpoint into `state` and `data_iter`; returns (state, step).
+
+    Raises:
+      CheckpointMismatchError: the checkpoint does not fit the state this config builds (e.g.
+        `optim.pose_lr_scale` between 1 and another value changes the optimizer's structure);
+        the message names the checkpoint and the config changes allowed for this resume.
+    """
+    model = {"params": state.params, "batch_stats": state.batch_stats, "extra": state.extra}
+    opt = {"step": np.int64(0), "opt_state": state.opt_state}
+    step = ckpt.latest_step()
+    try:
+        model, opt, data_state, step = ckpt.restore(model, opt)
+        if data_state:
+            data_iter.set_state(data_state)
+    except Exception as exc:  # orbax and grain raise ValueError, KeyError, TypeError, ...
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        changed = config_check.format_changes(changes) or "none"
+        raise checkpoint.CheckpointMismatchError(
+            f"{ckpt.directory}/{step}: the checkpoint does not fit the state this config builds "
+            f"({type(exc).__name__}: {first_line}). Config changes against the workdir's: "
+            f"{changed}. Resume with the workdir's config.json values, or train in a new --workdir."
+        ) from exc
+    state = state.replace(step=int(opt["step"]), opt_state=opt["opt_state"], **model)
+    return state, step
+
+
+def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False) -> dict:
+    """Trains (or resumes) the configured recipe in `workdir`; returns the final test metrics.
+
+    Args:
+      config: the recipe config.
+      workdir: run folder; a workdir with checkpoints resumes from the latest one.
+      allow_config_change: resume although `config` differs from the workdir's config.json (the
+        old one is kept as config.<time>.json); otherwise such a resume is refused.
+
+    Raises:
+      ValidationError: before anything is built, listing every problem with the config, the
+        workdir and the data (jdepth/training/preflight.py).
+      CheckpointMismatchError, CheckpointWriteError, NonFiniteLossError: see their docstrings.
+    """
+    # ---------------------------------------------------------------------------- validation
+    _say("validating config, workdir and data ...")
+    checked = preflight.run(config, workdir, allow_config_change=allow_config_change,
+                            num_devices=jax.local_device_count())
+    config, report = checked.config, checked.report
+    frames = ", ".join(f"{name} {n}" for name, n in report.frames.items())
+    _say(f"  ok: {frames} frames from {report.drives} drives ({report.seconds:.2f} s)")
+    if checked.path_changes:
+        _say("  data paths differ from the workdir's config.json (allowed): "
+             + config_check.format_changes(checked.path_changes))
+
     # ---------------------------------------------------------------------------------- data
-    config = resolve_data(config, workdir)
-    checkpoint.save_config(workdir, config)
     pcfg = pipeline_config(config)
-    n_train = pipeline.split_length(config.data.train_split)
+    n_train = report.frames["train"]
     batch_size = config.train.batch_size
     steps_per_epoch = max(1, n_train // batch_size)
     total_steps = config.train.get("max_steps") or config.train.num_epochs * steps_per_epoch
+    user_config = config  # what W/config.json records and the next resume compares with
+    config = ml_collections.ConfigDict(config.to_dict())
     # Steps that schedule by epoch (ISSL's rotation range, ManyDepth's teacher freeze) read this.
     config.train.steps_per_epoch = steps_per_epoch
 
     # ------------------------------------------------------------------ model and optimizer
+    _say("building networks ...")
     recipe = recipes.get(config.recipe)
     bn_axis = parallel_lib.AXIS if config.train.parallel == "pmap" else None
     networks = recipe.build_networks(config, bn_axis_name=bn_axis)
@@ -139,20 +196,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     data_iter = pipeline.make_iterator(ds, num_workers=config.data.num_workers)
     start_step = 0
     if ckpt.latest_step() is not None:
-        model = {"params": state.params, "batch_stats": state.batch_stats, "extra": state.extra}
-        opt = {"step": np.int64(0), "opt_state": state.opt_state}
-        model, opt, data_state, start_step = ckpt.restore(model, opt)
-        state = state.replace(
-            step=int(opt["step"]), opt_state=opt["opt_state"], **model
-        )
-        if data_state:
-            data_iter.set_state(data_state)
+        state, start_step = _restore(ckpt, state, data_iter, checked.changes)
         log.info("resumed from step %d", start_step)
         print(f"Resuming {workdir} from step {start_step}", flush=True)
+    # Only now that the checkpoint fits: the workdir keeps describing its checkpoints.
+    kept = checkpoint.write_config(workdir, user_config, keep_old=bool(checked.changes))
+    if checked.changes:
+        _say(f"  config changed against the workdir's (--allow_config_change): "
+             f"{config_check.format_changes(checked.changes)}; the old config is kept as {kept}")
 
     state = parallel.put_state(state)
     rng = jax.random.PRNGKey(config.seed + 1)
-    writer = SummaryWriter(workdir, enabled=jax.process_index() == 0)
+    writer = SummaryWriter(workdir, enabled=jax.process_index() == 0, resume_step=start_step)
 
     def save(step):
         host = parallel.get_state(state)
@@ -183,10 +238,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     step = start_step
     max_skipped = int(config.train.get("max_skipped_steps", 5))
     skipped_seen = 0
+    if step < total_steps:
+        _say("compiling the train step (first call; minutes on a CPU) ...")
     while step < total_steps:
         host_batch = next(data_iter)
         batch = parallel.put_batch(host_batch)
+        first = parallel.compile_seconds is None
         state, metrics = parallel.step(state, batch, rng)
+        if first:
+            _say(f"first step done in {parallel.compile_seconds:.1f} s (compile + one step); "
+                 "training ...")
         step += 1
         n_window += 1
         bar.update(1)
@@ -241,22 +302,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
     print(f"\nTest split ({config.data.test_split}), "
           f"{'absolute depth' if final.absolute else 'median-scaled'}:")
     print(format_metrics_table(result))
-    baseline = mean_depth_baseline(config, workdir, median_scaling=not final.absolute)
-    print(f"\nBaseline: the average training depth map ({baseline['map_source']} depth of the "
-          "training frames) predicted for every test image:")
-    print(format_metrics_table(baseline))
-    result["baseline_mean_depth"] = baseline
+    source = checked.baseline_source()
+    if source is None:
+        print("\nBaseline skipped: the training frames have neither dense depth nor velodyne "
+              "scans for all of them.")
+    else:
+        baseline = mean_depth_baseline(config, workdir, median_scaling=not final.absolute,
+                                       source=source)
+        print(f"\nBaseline: the average training depth map ({baseline['map_source']} depth of "
+              "the training frames) predicted for every test image:")
+        print(format_metrics_table(baseline))
+        result["baseline_mean_depth"] = baseline
     with open(os.path.join(workdir, "eval", "train_final_test_metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
 
 
-def mean_depth_baseline(config, workdir: str, median_scaling: bool = True) -> dict:
+def mean_depth_baseline(config, workdir: str, median_scaling: bool = True,
+                        source: str | None = None) -> dict:
     """Test metrics of the "average training depth map" baseline.
 
     From the dense depth of the training frames where every frame has it (the synthetic set; KITTI
     with the improved ground truth), else from their velodyne scans
-    (`depth_eval.mean_depth_map_from_sparse`). The map is cached in `workdir/eval`.
+    (`depth_eval.mean_depth_map_from_sparse`). `source` ('dense_gt' or 'velodyne', from the
+    validation pass) skips looking for them. The map is cached in `workdir/eval`.
     """
     from jdepth.data import kitti
 
@@ -266,7 +335,8 @@ def mean_depth_baseline(config, workdir: str, median_scaling: bool = True) -> di
     if os.path.exists(cache):
         with np.load(cache) as data:
             depth_map, source = data["depth"], str(data["source"])
-    elif all(os.path.exists(kitti.benchmark_gt_path(config.data.root, r)) for r in refs):
+    elif source == "dense_gt" or (source is None and all(
+            os.path.exists(kitti.benchmark_gt_path(config.data.root, r)) for r in refs)):
         depth_map = depth_eval.mean_depth_map(config.data.root, refs, height, width)
         source = "dense"
     else:
