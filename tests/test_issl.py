@@ -11,7 +11,7 @@ from conftest import load_config, random_batch, tiny_config
 
 from jdepth import geometry
 from jdepth.losses import issl
-from jdepth.training import monodepth
+from jdepth.training import collapse, monodepth
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
 
@@ -229,7 +229,11 @@ def _reference_step(state, batch, rng, *, networks, config, axis_name):
         total, aux = monodepth.photometric_objective(
             disps, frames, pyramid, poses, K, inv_K, sample_keys, config
         )
-        aux = {**aux, **monodepth.pose_summary(poses)}  # logging only, added after ISSL
+        # Logging only, added after ISSL: pose summary and collapse diagnostics.
+        aux = {**aux, **monodepth.pose_summary(poses), **collapse.step_diagnostics(
+            geometry.disp_to_depth(disps[0], config.model.min_depth, config.model.max_depth)[1],
+            poses, K, inv_K, config.model.min_depth, config.model.max_depth,
+            aux.get("identity_selection"), warp_depth=aux.get("depth"))}
         return total, (aux, {"depth": depth_updates["batch_stats"], "pose": pose_stats})
 
     (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -58,6 +58,10 @@ ENTRIES = (
     Entry("demo_old_aids", "demo", "configs/demo.py with its former aids (pose lr x10, "
           "automask from step 40)", _OLD_AIDS),
     Entry("demo", "demo", "configs/demo.py (the README's demo command)"),
+    Entry("demo_norm", "demo", "configs/demo.py with pose lr x1, 26 warm-up steps and depth "
+          "normalisation (the collapse study's candidate)",
+          ("--config.optim.pose_lr_scale=1.0", "--config.optim.warmup_steps=26",
+           "--config.loss.depth_normalization=True")),
 )
 
 
