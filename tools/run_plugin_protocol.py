@@ -127,7 +127,8 @@ def train(variant: Variant, seed: int, args, start_npz: str) -> str:
         os.makedirs(workdir, exist_ok=True)
         print(f"[plugins] {variant.name}/seed{seed}", flush=True)
         with open(os.path.join(workdir, "train.log"), "a") as log:
-            if subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode:
+            if subprocess.run(cmd, check=False, cwd=REPO, stdout=log,
+                              stderr=subprocess.STDOUT).returncode:
                 raise RuntimeError(f"{workdir}: training failed, see {workdir}/train.log")
     return workdir
 
@@ -166,13 +167,13 @@ def verdict(differences: list[float]) -> str:
 
 def table(results: dict, seeds) -> str:
     lines = [BEGIN, "", "## Plug-ins from one shared starting point", "",
-             "Written by `python tools/run_plugin_protocol.py` (do not edit by hand). Every row "
+             ("Written by `python tools/run_plugin_protocol.py` (do not edit by hand). Every row "
              "fine-tunes the same Monodepth2 checkpoint (the stand-in for the papers' "
              "ImageNet-initialised encoders) for the same number of steps, once per seed; the "
              "difference is paired by seed. Paper's claim: the plug-in lowers AbsRel; `yes`/`no` "
-             "when the mean difference is beyond twice its standard error, else `within noise`.",
-             "", "| plug-in | what | metric | mean ± std | control | difference (paired) | "
-             "paper's claim holds |", "|---|---|---|---|---|---|---|"]
+             "when the mean difference is beyond twice its standard error, else `within noise`."),
+             "", ("| plug-in | what | metric | mean ± std | control | difference (paired) | "
+                  "paper's claim holds |"), "|---|---|---|---|---|---|---|"]
     for v in VARIANTS:
         if v.name not in results:
             continue
@@ -227,7 +228,10 @@ def main(argv=None) -> int:
             results[v.name][seed] = score
     with open(os.path.splitext(args.results)[0] + "_plugins.json", "w") as f:
         json.dump({v: {str(s): r for s, r in d.items()} for v, d in results.items()}, f, indent=1)
-    text = open(args.results).read() if os.path.exists(args.results) else ""
+    text = ""
+    if os.path.exists(args.results):
+        with open(args.results) as f:
+            text = f.read()
     block = table(results, seeds)
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]

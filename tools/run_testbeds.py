@@ -116,7 +116,8 @@ def run(entry: Entry, testbed: str, budget: str, seed: int, runs: str, args) -> 
         print(f"[testbeds] {budget}/{testbed}/{entry.name}/seed{seed}", flush=True)
         start = time.time()
         with open(os.path.join(workdir, "train.log"), "a") as log:
-            proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=log,
+                                  stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             raise RuntimeError(f"{workdir}: training failed, see {workdir}/train.log")
         with open(os.path.join(workdir, "eval", "wall_seconds.json"), "w") as f:
@@ -147,11 +148,11 @@ def _cell(stat: dict, key: str) -> str:
 
 def markdown(table: dict, entries, budgets, testbeds) -> str:
     lines = [BEGIN, "", "## Both testbeds: each recipe's main entry, several seeds", "",
-             "Written by `python tools/run_testbeds.py` (do not edit by hand). Test split, Eigen "
+             ("Written by `python tools/run_testbeds.py` (do not edit by hand). Test split, Eigen "
              "protocol, median-scaled, mean ± std over seeds (sample std). `beats` = seeds that "
              "beat the average-depth baseline on all 7 metrics. Budgets: `short` = synthetic 258 "
              "steps / real 260 steps, `long` = 4x; batch 8 at 192x64, the LR x0.1 for the last "
-             "sixth of the steps.", ""]
+             "sixth of the steps."), ""]
     for budget in budgets:
         for testbed in testbeds:
             rows = [(e, table.get(budget, {}).get(testbed, {}).get(e.name)) for e in entries]
@@ -175,7 +176,10 @@ def markdown(table: dict, entries, budgets, testbeds) -> str:
 
 
 def write_results(path: str, block: str) -> None:
-    text = open(path).read() if os.path.exists(path) else ""
+    text = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
     else:
@@ -216,7 +220,10 @@ def main(argv=None) -> int:
         if t not in ("synthetic", "real"):
             parser.error(f"--testbeds {t!r}: synthetic or real")
     json_path = os.path.splitext(args.results)[0] + "_testbeds.json"
-    table = json.load(open(json_path)) if os.path.exists(json_path) else {}
+    table = {}
+    if os.path.exists(json_path):
+        with open(json_path) as f:
+            table = json.load(f)
     for budget in budgets:
         for testbed in testbeds:
             for entry in entries:
