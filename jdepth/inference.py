@@ -37,9 +37,10 @@ class DepthPredictor:
         # Multi-frame recipes (ManyDepth) also need these frames (offsets from frame 0).
         self.lookup_offsets = tuple(getattr(self.recipe, "lookup_frames", lambda c: ())(config))
         networks = self.recipe.build_networks(config, bn_axis_name=None)
-        self._predict = jax.jit(
-            functools.partial(self.recipe.predict_disparity, networks=networks, config=config)
+        self._forward = functools.partial(
+            self.recipe.predict_disparity, networks=networks, config=config
         )
+        self._predict = jax.jit(self._forward)
 
     @classmethod
     def from_workdir(cls, workdir: str, step: int | None = None) -> "DepthPredictor":
@@ -48,6 +49,16 @@ class DepthPredictor:
         state_tree = recipes.abstract_state_tree(config)
         restored, _ = checkpoint.restore_params(workdir, state_tree, step)
         return cls(config, restored["params"], restored["batch_stats"], restored.get("extra"))
+
+    def disparity_fn(self):
+        """The eval forward pass with this predictor's weights bound, for tracing (jax.export).
+
+        Returns `images -> disparity`: float32 [B, H, W, 3] in [0, 1] -> scaled disparity
+        [B, H, W, 1], as `predict_disparity` before its last axis is dropped. Single-frame recipes
+        only (no `context`). Not jitted: under a symbolic batch a jitted inner function would keep
+        every network's weights (the pose net's too) as constants of the exported module.
+        """
+        return functools.partial(self._forward, self.params, self.batch_stats, self.extra)
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """uint8 [h, w, 3] -> float32 [H, W, 3] at the network resolution."""

@@ -10,6 +10,9 @@ and use_stereo=False). `--format npz` writes the same keys and layouts as .npz (
 
 --npz writes one flat file with jdepth's names and layouts (jdepth/interop/params_npz.py documents
 them), together with the run's config.
+
+For a network that runs with jax alone (weights baked into a StableHLO artifact) see
+tools/export_stablehlo.py.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@
     params_npz.py     jdepth variables as one flat .npz with documented names
     encoder_init.py   `config.model.encoder_init`: ImageNet or converted weights as initialisation
     trees.py          checked merging of pretrained weights into initial variables
+    stablehlo.py      the depth network as a jax.export (StableHLO) artifact; its loader needs jax only
 
-Command-line front ends: tools/export_params.py, tools/import_torch.py, tools/predict.py.
+Command-line front ends: tools/export_params.py, tools/import_torch.py, tools/predict.py,
+tools/export_stablehlo.py.
 """
