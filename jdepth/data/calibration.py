@@ -196,6 +196,15 @@ def intrinsics_problems(calib: CameraCalibration) -> list[str]:
     return problems
 
 
+# Monodepth2's KITTI intrinsics (its KITTIDataset.K): fx = 0.58 W, fy = 1.92 H, cx = W / 2,
+# cy = H / 2, close to every KITTI raw camera; the fallback when no calibration comes with the
+# images (tools/predict.py on videos and loose frames, jdepth/training/synthetic_step.py).
+MONODEPTH2_NORMALISED_INTRINSICS = np.array(
+    [[0.58, 0.0, 0.5, 0.0], [0.0, 1.92, 0.5, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
+MONODEPTH2_NORMALISED_INTRINSICS.flags.writeable = False
+
+
 def normalised_intrinsics(calib: CameraCalibration) -> np.ndarray:
     """Resolution-independent 4x4 intrinsics, as Monodepth2 stores them.
 

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jdepth.data import instances, pipeline
+from jdepth.data import calibration, instances, pipeline
 from jdepth.training import compile_options, recipes
 from jdepth.training.state import TrainState, make_optimizer
 
@@ -29,7 +29,7 @@ def synthetic_batch(config, seed: int = 0) -> dict:
     frames = len(config.data.frame_ids)
     coarse = rng.integers(0, 256, (b, frames, h // 8, w // 8, 3), dtype=np.uint8)
     images = np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3)
-    k_norm = np.array([[0.58, 0, 0.5, 0], [0, 1.92, 0.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    k_norm = calibration.MONODEPTH2_NORMALISED_INTRINSICS
     K, inv_K = pipeline.intrinsics_pyramid(k_norm, h, w, len(config.model.scales))
     batch = {
         "images": images,
