@@ -100,9 +100,8 @@ def test_synchronised_bn_uses_the_global_count(conv_bn):
         axis_name="batch", in_axes=(None, 0))(variables, image.reshape(2, 2, *image.shape[1:]))
     np.testing.assert_allclose(out.reshape(torch_out.shape), torch_out, rtol=1e-5, atol=1e-5)
     for device in range(2):
-        _assert_stats_match(torch_bn, jax.tree_util.tree_map(lambda a: a[device],
-                                                             updates["batch_stats"]["bn"]),
-                            f"device {device}")
+        per_device = {k: v[device] for k, v in updates["batch_stats"]["bn"].items()}
+        _assert_stats_match(torch_bn, per_device, f"device {device}")
 
 
 def test_every_resnet_encoder_bn_updates_like_torch():

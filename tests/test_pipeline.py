@@ -108,7 +108,7 @@ def test_brightness_contrast_saturation_hand_values():
 
 
 def _pixels_with_ties(rng, n):
-    """[n, 3] colours in [0, 1], most of them with tied channels (where the hue branch is chosen)."""
+    """[n, 3] colours in [0, 1], most with tied channels (where the hue branch is chosen)."""
     x = rng.uniform(0, 1, (n, 3)).astype(np.float32)
     k = n // 8
     x[0 * k:1 * k, 1] = x[0 * k:1 * k, 0]  # r == g
