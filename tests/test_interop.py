@@ -317,8 +317,8 @@ def test_exported_depthnet_matches_reference(ref, variables, images):
     for s in range(4):
         ref.assert_close_nhwc(t_disps[s], disps[s], 1e-4)
 
-    # Train mode: batch statistics in the forward pass, running statistics updated (torch
-    # stores the unbiased batch variance n/(n-1), flax the biased one: compare what both imply).
+    # Train mode: batch statistics in the forward pass, running statistics updated (both with
+    # the unbiased batch variance).
     (disps, _), updates = _depth_train(_net_vars(variables, "depth"), image)
     t_disps = decoder(encoder.train()(ref.nchw(image)))
     for s in range(4):
@@ -327,13 +327,9 @@ def test_exported_depthnet_matches_reference(ref, variables, images):
         variables["params"]["depth"]["encoder"], updates["batch_stats"]["encoder"])
     t_state = encoder.state_dict()
     for key in (k for k in new if k.endswith(("running_mean", "running_var"))):
-        stage = key.split(".")[1]
-        stride = 2 if stage == "bn1" else 2 ** (int(stage[-1]) + 1)
-        n = image.shape[0] * (H // stride) * (W // stride)
-        unbias = (n - 1) / n if key.endswith("running_var") else 1.0
         old = folder["encoder"][key]
-        np.testing.assert_allclose((t_state[key].numpy() - 0.9 * old) * unbias,
-                                   new[key] - 0.9 * old, rtol=2e-3, atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(t_state[key].numpy() - 0.9 * old, new[key] - 0.9 * old,
+                                   rtol=2e-3, atol=1e-5, err_msg=key)
 
 
 def test_exported_posenet_matches_reference(ref, variables, images):

@@ -276,9 +276,9 @@ def test_batch_stats_update_in_train_mode_only(small_encoder_inputs):
     conv1_out = state["intermediates"]["conv1"]["__call__"][0]
     old = variables["batch_stats"]["bn1"]
     new = state["batch_stats"]["bn1"]
-    # torch momentum 0.1: new = 0.9 * old + 0.1 * batch statistic (biased variance, see resnet.py).
-    for stat in ("mean", "var"):
-        batch_stat = getattr(conv1_out, stat)(axis=(0, 1, 2))
+    # torch momentum 0.1: new = 0.9 * old + 0.1 * batch statistic (unbiased variance, as torch).
+    for stat, kwargs in (("mean", {}), ("var", {"ddof": 1})):
+        batch_stat = getattr(conv1_out, stat)(axis=(0, 1, 2), **kwargs)
         np.testing.assert_allclose(new[stat], 0.9 * old[stat] + 0.1 * batch_stat, rtol=1e-4,
                                    atol=1e-6)
     changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a != b)), state["batch_stats"],

@@ -13,9 +13,12 @@ import pytest
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
 from conftest import load_config, random_batch
+from jdepth.data import pipeline
 from jdepth.losses.distillation import scale_distillation_loss
+from jdepth.models.manydepth import MATCHING_SCALE, ManyDepthNet
 from jdepth.training import checkpoint, recipes, student
 from jdepth.training.state import TrainState, make_optimizer
 
@@ -101,6 +104,55 @@ def test_teacher_is_restored_from_its_orbax_checkpoint(teacher_workdir):
     assert jax.tree_util.tree_map(lambda a: a.shape, abstract) == jax.tree_util.tree_map(
         np.shape, saved
     )
+
+
+class _Captured(Exception):
+    """Stops the teacher's forward pass once the cost volume's inputs are known."""
+
+
+def _teacher_matching_intrinsics(teacher, variables, frames, K, inv_K):
+    """The (K, inv_K) the teacher's ManyDepthNet is called with (eager; the net itself not run)."""
+    seen = {}
+
+    def capture(next_fun, args, kwargs, context):
+        if isinstance(context.module, ManyDepthNet) and context.method_name == "__call__":
+            seen["K"], seen["inv_K"] = np.asarray(args[3]), np.asarray(args[4])
+            raise _Captured
+        return next_fun(*args, **kwargs)
+
+    with jax.disable_jit(), nn.intercept_methods(capture), pytest.raises(_Captured):
+        student.teacher_depth(teacher, variables, frames, jnp.asarray(K), jnp.asarray(inv_K))
+    return seen["K"], seen["inv_K"]
+
+
+def test_flipped_sample_gives_the_teacher_the_mirrored_matching_intrinsics(teacher_workdir):
+    """The teacher's cost volume gets the pipeline's matching-scale K of each sample.
+
+    A mirror test of the teacher's depth is not possible with random weights: the convolutions
+    and the stride-2 sampling are not mirror-symmetric, nor is the pose net. So the intrinsics
+    the cost volume receives are checked exactly: on the mirrored sample they are the mirror, at
+    the matching scale, of the unflipped sample's (cx -> (W/4 - 1) - cx), which is 3/4 px off
+    the mirrored scale-0 K divided by 4 that the teacher got before.
+    """
+    workdir, saved = teacher_workdir
+    teacher = student.build_networks(_student_config(workdir))[student.TEACHER]
+    k_norm = np.array([[0.58, 0, 0.47, 0], [0, 1.92, 0.52, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+                      np.float32)
+    image = np.random.default_rng(0).uniform(0, 1, (1, H, W, 3)).astype(np.float32)
+    got = {}
+    for flipped in (False, True):
+        K, inv_K = pipeline.intrinsics_pyramid(k_norm, H, W, 4, flipped)
+        frame = image[:, :, ::-1] if flipped else image
+        frames = {0: jnp.asarray(frame), -1: jnp.asarray(frame)}
+        got[flipped] = _teacher_matching_intrinsics(teacher, saved, frames, K[None], inv_K[None])
+        np.testing.assert_array_equal(got[flipped][0][0], K[MATCHING_SCALE])
+        np.testing.assert_allclose(got[flipped][1][0], inv_K[MATCHING_SCALE], rtol=1e-6)
+    plain, mirrored = got[False][0][0], got[True][0][0]
+    expected = plain.copy()
+    expected[0, 2] = (W / 2**MATCHING_SCALE - 1) - plain[0, 2]
+    np.testing.assert_allclose(mirrored, expected, rtol=0, atol=1e-6)
+    flipped_K0 = K[0]  # the loop ended on the flipped sample
+    assert abs(flipped_K0[0, 2] / 2**MATCHING_SCALE - mirrored[0, 2] - 0.75) < 1e-5
 
 
 def test_config_checks():

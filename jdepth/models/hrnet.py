@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jdepth.models.layers import BatchNorm
 from jdepth.models.resnet import _INPUT_MEAN, _INPUT_STD, BasicBlock, Bottleneck, _batch_norm, _conv
 
 Dtype = Any
@@ -140,7 +141,7 @@ class HighResolutionModule(nn.Module):
     bn_axis_name: str | None = None
     dtype: Dtype = jnp.float32
 
-    def _bn(self, name: str, train: bool) -> nn.BatchNorm:
+    def _bn(self, name: str, train: bool) -> BatchNorm:
         return _batch_norm(name, train, self.bn_axis_name, self.dtype)
 
     @nn.compact

@@ -1,4 +1,4 @@
-"""Small convolutional blocks shared by the Monodepth2 decoders.
+"""Small layers shared by the networks: the Monodepth2 decoders' convolutional blocks, BatchNorm.
 
 The decoders follow Monodepth2's layers.py: a 3x3 convolution after a 1-pixel *reflection* pad
 (`Conv3x3`), the same followed by ELU (`ConvBlock`), and nearest-neighbour x2 upsampling.
@@ -14,6 +14,9 @@ Parameter layout mirrors the PyTorch modules so a state-dict mapping is mechanic
 Convolutions without pretrained weights are initialised like `torch.nn.Conv2d` (kaiming-uniform
 with a=sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for kernel and bias), because the reference
 trains its decoders from that initialisation and the x0.01 pose scaling was tuned with it.
+
+`BatchNorm` is flax's with torch's running-variance update (see its docstring); every BatchNorm in
+jdepth/models is one (through jdepth/models/resnet.py `_batch_norm`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from flax.linen import normalization as flax_normalization
 
 Dtype = Any
 
@@ -149,3 +153,61 @@ class ConvBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[B, H, W, C_in]` -> `[B, H, W, features]` in `dtype`."""
         return nn.elu(Conv3x3(self.features, dtype=self.dtype, name="conv")(x))
+
+
+class BatchNorm(nn.BatchNorm):
+    """flax's BatchNorm, but the running variance is updated with the unbiased batch variance.
+
+    torch (nn.BatchNorm2d, SyncBatchNorm) normalises a training batch with the biased variance but
+    folds `var * n / (n - 1)` into `running_var`, n being the values per channel over the whole
+    (synchronised) batch; flax folds in the biased one, so eval-mode statistics drift from those of
+    a model trained, imported or exported through torch (most at the deep, small feature maps).
+    Fields, variable names ("mean", "var", "scale", "bias") and the forward pass are flax's, so
+    checkpoints and jdepth/interop are unaffected. The mask argument is not supported.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        """Normalises `x` over every axis but `self.axis`; see flax.linen.BatchNorm."""
+        # flax's private helpers, so batch statistics and normalisation stay bit-identical to
+        # nn.BatchNorm (pinned flax<0.13 in pyproject.toml).
+        use_running_average = nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average)
+        feature_axes = flax_normalization._canonicalize_axes(x.ndim, self.axis)
+        reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+        feature_shape = [x.shape[ax] for ax in feature_axes]
+        stats_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stats_dtype),
+                                feature_shape)
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stats_dtype),
+                               feature_shape)
+        if use_running_average:
+            mean = jnp.asarray(ra_mean.value, stats_dtype)
+            var = jnp.asarray(ra_var.value, stats_dtype)
+        else:
+            # The reduction axis need not exist at init, as in flax.
+            axis_name = None if self.is_initializing() else self.axis_name
+            mean, var = flax_normalization._compute_stats(
+                x, reduction_axes, dtype=self.dtype, axis_name=axis_name,
+                axis_index_groups=self.axis_index_groups,
+                use_fast_variance=self.use_fast_variance,
+                force_float32_reductions=self.force_float32_reductions)
+            if not self.is_initializing():
+                n = math.prod(x.shape[ax] for ax in reduction_axes) * _devices(
+                    axis_name, self.axis_index_groups)
+                unbiased = var * (n / max(n - 1, 1))
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+        return flax_normalization._normalize(
+            self, x, mean, var, reduction_axes, feature_axes, self.dtype, self.param_dtype,
+            self.epsilon, self.use_bias, self.use_scale, self.bias_init, self.scale_init,
+            self.force_float32_reductions)
+
+
+def _devices(axis_name: str | None, axis_index_groups) -> int:
+    """Devices whose batches one synchronised BatchNorm pools (1 without `axis_name`)."""
+    if axis_name is None:
+        return 1
+    if axis_index_groups is not None:
+        return len(axis_index_groups[0])
+    return jax.lax.axis_size(axis_name)

@@ -363,10 +363,13 @@ def predict_disparity(
       extra: holds the adaptive bins ``min_depth_bin`` / ``max_depth_bin``.
       images: ``[B, H, W, 3]`` frame 0 in [0, 1] at the training resolution.
       context: for the multi-frame network: ``lookup`` ``[B, H, W, 3]`` (frame -1), ``K``
-        ``[B, 4, 4]`` pixel intrinsics at H x W, optional ``lookup_valid`` ``[B]`` bool (False:
-        no cost volume for that sample, as a missing frame in the reference). The evaluation
-        modes are inputs: static camera = ``lookup`` set to ``images``; zero cost volume =
-        ``lookup_valid`` False. With ``config.eval.teacher`` the mono teacher predicts instead.
+        ``[B, 4, 4]`` pixel intrinsics at H x W, optional ``K_pyramid`` / ``inv_K_pyramid``
+        ``[B, S, 4, 4]`` (the pipeline's per-scale intrinsics, which the cost volume then uses
+        at the matching scale: needed for horizontally flipped samples), optional
+        ``lookup_valid`` ``[B]`` bool (False: no cost volume for that sample, as a missing frame
+        in the reference). The evaluation modes are inputs: static camera = ``lookup`` set to
+        ``images``; zero cost volume = ``lookup_valid`` False. With ``config.eval.teacher`` the
+        mono teacher predicts instead.
     """
     if config.eval.get("teacher", False):
         return monodepth.predict_disparity(
@@ -399,17 +402,28 @@ def multi_frame_forward(params, batch_stats, extra, images, *, networks, context
     lookup = context["lookup"]
     valid = context.get("lookup_valid")
     valid = jnp.ones(images.shape[:1], bool) if valid is None else valid
-    # Matching intrinsics: rows 0 and 1 of the scale-0 K divided by 4, exactly the pipeline's
-    # scale-2 intrinsics for unflipped images.
-    factor = jnp.asarray([2.0**-MATCHING_SCALE, 2.0**-MATCHING_SCALE, 1.0, 1.0], jnp.float32)
-    K_match = context["K"] * factor[None, :, None]
+    if "K_pyramid" in context:
+        # The pipeline mirrors cx per scale ((W/4 - 1) - cx/4 at the matching scale), which is
+        # not the mirrored scale-0 cx divided by 4 (3/4 px apart), so a flipped sample needs the
+        # pipeline's own matching-scale K, as the training step uses.
+        if context["K_pyramid"].shape[1] <= MATCHING_SCALE:
+            raise ValueError(f"manydepth: context K_pyramid has {context['K_pyramid'].shape[1]} "
+                             f"scales; the cost volume needs scale {MATCHING_SCALE}")
+        K_match = context["K_pyramid"][:, MATCHING_SCALE]
+        inv_K_match = context["inv_K_pyramid"][:, MATCHING_SCALE]
+    else:
+        # Rows 0 and 1 of the scale-0 K divided by 4: exactly the pipeline's scale-2 intrinsics
+        # for unflipped images (evaluation does not flip).
+        factor = jnp.asarray([2.0**-MATCHING_SCALE, 2.0**-MATCHING_SCALE, 1.0, 1.0], jnp.float32)
+        K_match = context["K"] * factor[None, :, None]
+        inv_K_match = jnp.linalg.inv(K_match)
     pose_vars = {"params": params["pose"], "batch_stats": batch_stats["pose"]}
     (axisangle, translation), _ = networks["pose"].apply(pose_vars, lookup, images, train=False)
     pose = geometry.transformation_from_parameters(axisangle, translation, invert=True)
     pose = pose * valid.astype(pose.dtype)[:, None, None]
     depth_vars = {"params": params["depth"], "batch_stats": batch_stats["depth"]}
     return networks["depth"].apply(
-        depth_vars, images, lookup[:, None], pose[:, None], K_match, jnp.linalg.inv(K_match),
+        depth_vars, images, lookup[:, None], pose[:, None], K_match, inv_K_match,
         extra["min_depth_bin"], extra["max_depth_bin"], train=False,
     )
 

@@ -216,8 +216,9 @@ def train_step(
       config: the experiment config (static).
       axis_name: pmap axis to average gradients over, or None under jit.
       extra_loss_fn: optional plug-in `(params, batch_stats, inputs, outputs, rng) -> (loss, aux)`
-        added to the total. `inputs` holds frames, frames_aug, K, inv_K (scale 0) and the samples'
-        split indices `index`; `outputs` the disps and poses; `batch_stats` are the main pass's.
+        added to the total. `inputs` holds frames, frames_aug, K, inv_K (scale 0), the pipeline's
+        per-scale `K_pyramid` / `inv_K_pyramid` `[B, S, 4, 4]` and the samples' split indices
+        `index`; `outputs` the disps and poses; `batch_stats` are the main pass's.
         With `config.issl.enabled` the ISSL plug-in runs after it (with its own key), then the
         panoptic plug-in (`config.panoptic` / `config.contrastive`), which also reads
         `inputs["panoptic"]` (target-frame labels) and `outputs["depth_aux"]`.
@@ -327,7 +328,7 @@ def train_step(
         if extra_loss_fns:
             inputs = {
                 "frames": frames, "frames_aug": frames_aug, "K": K, "inv_K": inv_K,
-                "index": batch["index"],
+                "K_pyramid": batch["K"], "inv_K_pyramid": batch["inv_K"], "index": batch["index"],
             }
             if "panoptic" in batch:
                 inputs["panoptic"] = batch["panoptic"][:, 0]  # frame 0, flipped with the images

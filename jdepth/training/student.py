@@ -106,7 +106,8 @@ def init_extra(config) -> dict:
     return {TEACHER: restored}
 
 
-def teacher_depth(teacher: Teacher, variables: dict, frames: dict, K: jax.Array) -> jax.Array:
+def teacher_depth(teacher: Teacher, variables: dict, frames: dict, K_pyramid: jax.Array,
+                  inv_K_pyramid: jax.Array) -> jax.Array:
     """The frozen teacher's depth of frame 0, `[B, H, W, 1]`, without gradient.
 
     Args:
@@ -114,13 +115,16 @@ def teacher_depth(teacher: Teacher, variables: dict, frames: dict, K: jax.Array)
         variables: {"params", "batch_stats", "extra"} of the teacher (`state.extra["teacher"]`).
         frames: {frame id: `[B, H, W, 3]`} un-jittered frames; the teacher's lookup frames must be
             among them (ManyDepth: -1).
-        K: `[B, 4, 4]` pixel intrinsics at H x W.
+        K_pyramid, inv_K_pyramid: `[B, S, 4, 4]` the pipeline's per-scale pixel intrinsics (scale
+            0 at H x W). A multi-frame teacher matches with its matching scale's entry, which on
+            flipped samples is not scale 0's divided by the scale factor.
     """
     variables = jax.lax.stop_gradient(variables)
     lookup = teacher.lookup_frames()
     kwargs = {}
     if lookup:  # multi-frame teacher: eval-mode cost volume with its pose net's pose (eval mode)
-        kwargs["context"] = {"lookup": frames[lookup[0]], "K": K}
+        kwargs["context"] = {"lookup": frames[lookup[0]], "K": K_pyramid[:, 0],
+                             "K_pyramid": K_pyramid, "inv_K_pyramid": inv_K_pyramid}
     scaled_disp = teacher.recipe.predict_disparity(
         variables["params"], variables["batch_stats"], variables["extra"], frames[0],
         networks=teacher.networks, config=teacher.config, **kwargs,
@@ -137,7 +141,8 @@ def make_distillation_loss(teacher: Teacher, teacher_variables: dict, config):
 
     def extra_loss(params, batch_stats, inputs, outputs, rng):
         del params, batch_stats, rng
-        target = teacher_depth(teacher, teacher_variables, inputs["frames"], inputs["K"])
+        target = teacher_depth(teacher, teacher_variables, inputs["frames"], inputs["K_pyramid"],
+                               inputs["inv_K_pyramid"])
         _, student = geometry.disp_to_depth(
             outputs["disps"][0], config.model.min_depth, config.model.max_depth
         )
