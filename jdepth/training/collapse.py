@@ -33,6 +33,12 @@ ZERO_GRADIENT = 1e-7
 BOUND_TOLERANCE = 0.05
 
 
+def motion_frame(frame_ids) -> int:
+    """The source frame whose translation the logs report: the first later frame (t+1), else the
+    first one (a run with past frames only)."""
+    return ([f for f in sorted(frame_ids) if f > 0] or sorted(frame_ids))[0]
+
+
 def step_diagnostics(
     depth: jax.Array,
     poses: Mapping[int, jax.Array],
@@ -64,8 +70,7 @@ def step_diagnostics(
         x, y = pix[..., 0], pix[..., 1]
         out = (x < 0) | (x > width - 1) | (y < 0) | (y > height - 1) | (z[..., 0] <= 0)
         outside.append(jnp.mean(out.astype(jnp.float32)))
-    later = [f for f in sorted(poses) if f > 0] or sorted(poses)
-    translation = jax.lax.stop_gradient(poses[later[0]])[..., :3, 3]
+    translation = jax.lax.stop_gradient(poses[motion_frame(poses)])[..., :3, 3]
     t_norm = jnp.linalg.norm(translation.reshape(translation.shape[0], -1, 3), axis=-1)
     # The median of every 4th row and column: a full-resolution sort cost 2% of the KITTI-size step
     # (BENCHMARKS.md, profile) for a logged scalar.

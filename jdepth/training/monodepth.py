@@ -358,8 +358,7 @@ def pose_summary(poses: dict[int, jax.Array]) -> Metrics:
     Reports the translation of frame 0 -> the first later frame (cam_T_cam `[B, 4, 4]`): for a
     forward-driving camera t_z is negative and |t_x|, |t_y| are small. Gradients are stopped.
     """
-    later = [f for f in sorted(poses) if f > 0] or sorted(poses)
-    t = jax.lax.stop_gradient(poses[later[0]][:, :3, 3])
+    t = jax.lax.stop_gradient(poses[collapse.motion_frame(poses)][:, :3, 3])
     return {
         "pose/t_x": jnp.mean(t[:, 0]),
         "pose/t_y": jnp.mean(t[:, 1]),
