@@ -89,6 +89,19 @@ def test_incomplete_layout_names_what_is_missing():
     assert "config.distributed.coordinator_address" in message
 
 
+def test_train_cli_refuses_an_incomplete_layout_before_starting_jax(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "jdepth.train", "--config", "configs/demo.py", "--workdir",
+         str(tmp_path / "w"), "--config.distributed.num_processes=2",
+         "--config.distributed.coordinator_address=127.0.0.1:1"],
+        cwd=REPO, env=_env(JDEPTH_ALLOCATOR="system"), capture_output=True, text=True,
+        check=False, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        "error: a run of 2 processes (from the config) needs the process id "
+        "(config.distributed.process_id or $JDEPTH_PROCESS_ID)")
+
+
 def test_several_processes_need_jit_and_a_batch_that_divides_over_them():
     config = load_config("demo")  # pmap, batch 8
     problems = {p.where: p.what for p in config_check.value_problems(config, 4, 4)}
