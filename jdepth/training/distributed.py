@@ -124,9 +124,9 @@ def initialize(layout: Layout | None, *, shutdown_timeout_seconds: int = 1800) -
     # One collective now, while every process has just left initialize's rendezvous: on the CPU,
     # the first collective of a device group sets up its gloo context and gives up when a peer
     # is more than 30 s late. Later collectives reuse the context and wait as long as needed
-    # (a process compiling slower, process 0 evaluating); without this the first one (orbax's
-    # barrier in the checkpoint manager, or the first step) failed whenever one process's
-    # validation and setup ran 30 s behind the other's on a loaded machine.
+    # (a process compiling slower, process 0 evaluating). Without this, the first one (orbax's
+    # barrier in the checkpoint manager) failed in the 2-process test on a loaded machine, where
+    # one process's validation and network setup ran more than 30 s behind the other's.
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices("jdepth: processes started")
