@@ -174,7 +174,7 @@ def test_manydepth_plus_configs():
     plus = load_config("manydepth_plus")
     assert plus.recipe == "manydepth" and plus.model.depth_arch == "hrnet" and plus.model.msff
     assert plus.data.load_panoptic and plus.panoptic.enabled and plus.contrastive.enabled
-    assert not plus.piecewise.enabled
+    assert plus.piecewise.enabled and plus.masking.small_objects
     networks = manydepth.build_networks(plus)
     assert isinstance(networks["depth"], ManyDepthHRNet) and networks["depth"].msff
     assert panoptic_plugin.HEAD in networks
@@ -183,7 +183,8 @@ def test_manydepth_plus_configs():
     assert set(base) == set(demo)
     assert {k for k in base if base[k] != demo[k]} == {
         "model.depth_arch", "model.msff", "data.load_panoptic", "panoptic.enabled",
-        "contrastive.enabled",
+        "contrastive.enabled", "piecewise.enabled", "masking.small_objects",
+        "model.cost_volume_gradient",
     }
     assert (demo["data.height"], demo["data.width"]) == (64, 192)
     with pytest.raises(ValueError, match="lookup frames"):
