@@ -23,7 +23,7 @@ from jdepth.models.diffnet_decoder import HRDepthNet
 from jdepth.models.hrnet import HRNetEncoder
 from jdepth.models.manydepth import ManyDepthNet
 from jdepth.models.manydepth_hrnet import ManyDepthHRNet
-from jdepth.training import manydepth, panoptic as panoptic_plugin, panoptic_config
+from jdepth.training import manydepth, panoptic as panoptic_plugin, panoptic_config, plugins
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
 from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fixture)
@@ -154,11 +154,11 @@ def test_depth_arch_switch_defaults_to_the_unchanged_resnet_network():
         manydepth.build_networks(config)
 
 
-def test_unsupported_plugins_are_refused_not_ignored():
+def test_unsupported_options_are_refused_not_ignored():
     config = load_config("manydepth")
-    config.piecewise.enabled = True
-    with pytest.raises(ValueError, match="piece-wise"):
-        manydepth.build_networks(config)
+    config.piecewise.enabled = True  # runs in ManyDepth (tests/test_plugin_steps.py), with labels
+    with pytest.raises(ValueError, match="load_panoptic"):
+        plugins.pipeline_settings(config)
     config = load_config("manydepth")
     with config.model.unlocked():
         config.model.scale_head = True
