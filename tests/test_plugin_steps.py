@@ -91,7 +91,7 @@ def _changed(a, b) -> bool:
                zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
-_PLUGIN_KEYS = ("piecewise/instances", "piecewise/dropped_fraction", "size_prior",
+_PLUGIN_KEYS = ("piecewise/instances", "piecewise/dropped_fraction", "size/", "contact/",
                 "issl", "panoptic", "contrastive")
 
 
@@ -107,7 +107,7 @@ def _assert_all_plugins_ran(metrics):
 def test_every_plugin_in_the_monodepth2_step():
     config = _tiny_plugins(load_config("monodepth2"))
     batches = [_labelled_batch(config, seed=i) for i in range(2)]
-    states, metrics, traces = _run(recipes.get("monodepth"), config, batches)
+    states, metrics, traces = _run(recipes.get("monodepth2"), config, batches)
     assert traces == 1
     _assert_all_plugins_ran(metrics)
     for net in ("depth", "pose", "panoptic"):
@@ -118,8 +118,9 @@ def test_every_plugin_in_the_student_step_with_distillation(tmp_path):
     teacher = load_config("manydepth_demo")
     teacher.data.height = teacher.data.width = SIZE
     checkpoint.save_config(str(tmp_path), teacher)
-    model = fill_like(recipes.abstract_state_tree(teacher))
-    model["extra"] = {"min_depth_bin": np.float32(1.5), "max_depth_bin": np.float32(30.0)}
+    tree = recipes.abstract_state_tree(teacher)
+    model = {**tree, **fill_like({k: tree[k] for k in ("params", "batch_stats")}),
+             "extra": {"min_depth_bin": np.float32(1.5), "max_depth_bin": np.float32(30.0)}}
     ckpt = checkpoint.Checkpointer(str(tmp_path))
     ckpt.save(1, model, {"step": np.int64(1)}, {})
     ckpt.close()
