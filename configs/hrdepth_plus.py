@@ -1,14 +1,15 @@
-"""HRDepth+ (Student-I, Shyam et al. Sec. 4.2.3): single-frame HRNet-18 + DIFFNet decoder with the
-panoptic head and the instance-aware contrastive loss; scale-invariant, median-scaled evaluation.
+"""HRDepth+ (Student-I, Shyam et al. Sec. 4.2.3): single-frame HRNet-18 + DIFFNet decoder with every
+component the paper adds (the panoptic head, the instance-aware contrastive loss, small-object
+masking, piece-wise pose); scale-invariant, median-scaled evaluation.
 
   python -m jdepth.train --config configs/hrdepth_plus.py --workdir runs/hrdepth_plus \
       --config.data.root=/data/kitti_raw --config.data.split_dir=splits/eigen_zhou \
       --config.data.test_split=splits/eigen/test_files.txt
 
-Paper: KITTI Eigen AbsRel 0.093 (640x192, 20 epochs, Adam 1e-4, x0.1 for the last 5). The paper's
-student also uses piece-wise pose: add --config.piecewise.enabled=True. The encoder starts from
-scratch (DIFFNet's ImageNet HRNet weights are no longer downloadable); `model.encoder_init=
-'params:PATH'` takes converted weights. `add_student` is shared with configs/hrdepth_pp.py.
+Paper: KITTI Eigen AbsRel 0.093 (640x192, 20 epochs, Adam 1e-4, x0.1 for the last 5). The encoder
+starts from scratch (DIFFNet's ImageNet HRNet weights are no longer downloadable);
+`model.encoder_init='params:PATH'` takes converted weights. `add_student` is shared with
+configs/hrdepth_pp.py.
 """
 
 from ml_collections import config_dict
@@ -45,4 +46,5 @@ def add_student(config, scale_aware: bool = False):
 
 
 def get_config():
-    return panoptic_config.enable(add_student(sibling(__file__, "monodepth2").get_config()))
+    return panoptic_config.enable_paper_components(
+        add_student(sibling(__file__, "monodepth2").get_config()))

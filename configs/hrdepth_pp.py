@@ -19,4 +19,5 @@ from jdepth.training import panoptic_config
 
 def get_config():
     config = sibling(__file__, "monodepth2").get_config()
-    return panoptic_config.enable(sibling(__file__, "hrdepth_plus").add_student(config, scale_aware=True))
+    return panoptic_config.enable_paper_components(
+        sibling(__file__, "hrdepth_plus").add_student(config, scale_aware=True))

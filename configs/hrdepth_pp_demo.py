@@ -18,4 +18,4 @@ from jdepth.training import panoptic_config
 def get_config():
     config = sibling(__file__, "demo").get_config()
     config = sibling(__file__, "hrdepth_plus").add_student(config, scale_aware=True)
-    return panoptic_config.enable(config)
+    return panoptic_config.enable_paper_components(config)

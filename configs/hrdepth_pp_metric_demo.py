@@ -4,7 +4,7 @@
   python -m jdepth.train --config configs/hrdepth_pp_metric_demo.py --workdir runs/student_metric \
       --config.distill.teacher_workdir=runs/teacher_metric
 
-configs/hrdepth_pp_demo.py with the panoptic plug-ins off (the suite's `hrdepth_pp` entry does the
+configs/hrdepth_pp_demo.py with the paper's panoptic-derived components off (the suite's `hrdepth_pp` entry does the
 same, to halve the CPU cost) and the student's depth heads starting at 10 m like the teacher's
 (jdepth/training/metric_init.py), so the scale head's gamma (in [0.1, 10]) can bridge the rest.
 The student has no speed loss: its metric scale comes from the teacher through gamma, as in the
@@ -12,12 +12,11 @@ paper. Evaluation is absolute (gamma x depth, no median scaling).
 """
 
 from jdepth.config_files import sibling
+from jdepth.training import panoptic_config
 
 
 def get_config():
-    config = sibling(__file__, "hrdepth_pp_demo").get_config()
-    config.data.load_panoptic = False
-    config.panoptic.enabled = False
-    config.contrastive.enabled = False
+    config = panoptic_config.disable_paper_components(
+        sibling(__file__, "hrdepth_pp_demo").get_config())
     config.model.init_depth = 10.0
     return config

@@ -1,6 +1,7 @@
 """ManyDepth+ (Shyam et al. Tab. 1, KITTI Eigen AbsRel 0.086 at 640x192): ManyDepth with an
-HRNet-18 multi-frame network (DIFFNet decoder), the panoptic head, the instance-aware contrastive
-loss and multi-scale feature fusion of the matching features.
+HRNet-18 multi-frame network (DIFFNet decoder), multi-scale feature fusion of the matching
+features, and every component the paper adds (panoptic_config.enable_paper_components): the
+panoptic head, the instance-aware contrastive loss, small-object masking and piece-wise pose.
 
   python -m jdepth.train --config configs/manydepth_plus.py --workdir runs/manydepth_plus \
       --config.data.root=/data/kitti_raw --config.data.split_dir=splits/eigen_zhou \
@@ -8,16 +9,18 @@ loss and multi-scale feature fusion of the matching features.
 
 It is the teacher of the scale-aware student (configs/hrdepth_pp.py, distill.teacher_workdir).
 
-Choices (see jdepth/models/manydepth_hrnet.py and jdepth/training/manydepth.py):
+Choices (see jdepth/models/manydepth_hrnet.py, jdepth/training/manydepth.py and plugins.py):
   * the cost volume sits after HRNet's layer1 (256 channels at 1/4), as ManyDepth's after the
     ResNet layer1; MSFF (jdepth/models/msff.py) fuses stem1 and pooled layer1 context into it;
   * the mono teacher stays ResNet-18 (model.mono_arch; "hrnet" is the alternative): it only
     gives the consistency mask, the adaptive bins and the pose co-training until the freeze, and
     the step then compiles one HRNet instead of two (each costs minutes and GBs on CPU);
   * the panoptic head reads the multi-frame encoder's features (stem1 and the four stage-4
-    branches), the contrastive loss its decoder features at 1/8, 1/4, 1/2.
-Not yet in this recipe: piece-wise pose (the manydepth step raises if piecewise.enabled) and
-panoptic-quality evaluation of the multi-frame network (needs lookup frames in the PQ tool).
+    branches), the contrastive loss its decoder features at 1/8, 1/4, 1/2;
+  * piece-wise pose and small-object masking weight both photometric losses (teacher and
+    multi-frame); the cost volume matches with the global (ego) pose.
+Not yet: panoptic-quality evaluation of the multi-frame network (needs lookup frames in the PQ
+tool).
 The encoder starts from scratch: ImageNet HRNet weights are not downloadable any more; a converted
 set goes in with --config.model.encoder_init=params:PATH.
 """
@@ -32,7 +35,12 @@ def add_plus(config):
     m.depth_arch = "hrnet"
     m.mono_arch = "resnet"
     m.msff = True
-    return panoptic_config.enable(config)
+    # MSFF improves the features "utilized for both feature matching and cost volume computation"
+    # (Shyam et al. Sec. 3.5): with the reference's detached matching it would learn only through
+    # reduce_conv's input, so the cost volume back-propagates into the current frame's matching
+    # features here (the lookup frame stays detached).
+    m.cost_volume_gradient = True
+    return panoptic_config.enable_paper_components(config)
 
 
 def get_config():

@@ -99,11 +99,12 @@ def get_config():
     # frame, filled or not; the largest instances win when a frame has more.
     config.piecewise.max_instances = 8
     config.piecewise.min_area_fraction = 0.01  # alpha = 1 % of the image (paper Sec. 4.2)
+    # "absolute" (the paper: "instance-wise pose estimation is computed employing the masked
+    # instance image"): the pose net predicts the instance's whole transform. Deviations:
     # "residual": instance transform = ego transform @ the object's own motion (starts at the ego
     # warp; no gradient from instance pixels into the ego pose); "residual_coupled": the same with
-    # that gradient; "absolute": the pose net predicts the instance's whole transform; "none": no
-    # instance poses, only the thing-masked ego pose (an ablation).
-    config.piecewise.instance_pose = "residual"
+    # that gradient; "none": no instance poses, only the thing-masked ego pose (an ablation).
+    config.piecewise.instance_pose = "absolute"
     # "shared": the ego pose net also makes the instance calls (the paper); "separate": the
     # instances get their own PoseNet.
     config.piecewise.instance_network = "shared"
@@ -128,6 +129,14 @@ def get_config():
     # > 0: ground-contact prior (jdepth/losses/ground_contact.py; not in the paper): each car's
     # lowest rows and the road right below them pulled together in log depth.
     config.piecewise.contact_prior_weight = 0.0
+
+    # Small-object masking (Shyam et al. Sec. 3; jdepth/training/plugins.py) on its own: frame-0
+    # thing pixels outside every instance of >= alpha of the image get photometric weight 0.
+    # Piece-wise pose drops those (and the instances beyond its M slots) itself. Needs
+    # data.load_panoptic.
+    config.masking = config_dict.ConfigDict()
+    config.masking.small_objects = False
+    config.masking.min_area_fraction = 0.01  # alpha (paper Sec. 4.2)
 
     config.optim = config_dict.ConfigDict()
     config.optim.lr = 1e-4

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Monodepth2 adds these to denominators; keeping them identical keeps outputs comparable.
 _PROJECTION_EPS = 1e-7
@@ -493,3 +494,44 @@ def _embed_3x3(matrix: jax.Array) -> jax.Array:
     """``[..., 3, 3]`` -> ``[..., 4, 4]`` homogeneous matrix."""
     eye = jnp.broadcast_to(jnp.eye(4, dtype=matrix.dtype), matrix.shape[:-2] + (4, 4))
     return eye.at[..., :3, :3].set(matrix)
+
+
+def _interpolation_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """``[out, in]`` weights of 1-D linear interpolation with half-pixel centres.
+
+    PyTorch's ``align_corners=False`` rule: source coordinate ``(i + 0.5) * in / out - 0.5``,
+    clamped at 0, with the upper neighbour clamped to the last pixel (no antialiasing).
+    """
+    source = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0.0)
+    lower = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    upper = np.minimum(lower + 1, in_size - 1)
+    frac = source - lower
+    matrix = np.zeros((out_size, in_size), np.float32)
+    np.add.at(matrix, (np.arange(out_size), lower), 1.0 - frac)
+    np.add.at(matrix, (np.arange(out_size), upper), frac)
+    return matrix
+
+
+def upsample_disp(disp: jax.Array, height: int, width: int) -> jax.Array:
+    """Bilinear resize of a disparity map to ``height x width``, align_corners=False.
+
+    Matches PyTorch's ``F.interpolate(mode='bilinear', align_corners=False)`` as Monodepth2 uses
+    it. When upsampling this equals ``jax.image.resize(..., 'linear')`` (also half-pixel centres;
+    its renormalised edge taps equal PyTorch's clamp), which tests/test_losses.py checks; the two
+    fixed interpolation matrices built here compile much faster than ``jax.image.resize``, whose
+    weight computation XLA constant-folds.
+
+    Args:
+      disp: ``[B, h, w, C]``.
+      height: output height ``H``.
+      width: output width ``W``.
+
+    Returns:
+      ``[B, H, W, C]``; ``disp`` itself when it already has that size.
+    """
+    _, in_height, in_width, _ = disp.shape
+    if (in_height, in_width) == (height, width):
+        return disp
+    rows = jnp.asarray(_interpolation_matrix(height, in_height), disp.dtype)
+    cols = jnp.asarray(_interpolation_matrix(width, in_width), disp.dtype)
+    return jnp.einsum("Hh,bhwc,Ww->bHWc", rows, disp, cols)

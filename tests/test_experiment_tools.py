@@ -112,3 +112,14 @@ def test_plugin_table_pairs_each_seed_with_its_control(tmp_path):
     assert "| moving | 0.400 ± 0.050 | 0.450 | -0.050 ± 0.000 | yes |" in rows[1]
     control_row = next(line for line in text.splitlines() if line.startswith("| `control`"))
     assert "(control)" in control_row
+
+
+def test_only_selection_refuses_unknown_names_in_both_runners():
+    errors = []
+    assert [v.name for v in testbeds.select(plugins.VARIANTS, "issl,control", errors.append)] \
+        == ["control", "issl"]
+    assert errors == []
+    testbeds.select(plugins.VARIANTS, "issl,isl", errors.append)
+    assert errors and "isl" in errors[0]
+    with pytest.raises(SystemExit):
+        plugins.main(["--start", "nowhere", "--only", "no_such_plugin"])

@@ -11,6 +11,7 @@ from conftest import load_config, random_batch, tiny_config
 
 from jdepth import geometry
 from jdepth.losses import issl
+from jdepth.training import issl_plugin
 from jdepth.training import collapse, monodepth
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
@@ -124,11 +125,11 @@ def test_theta_r_schedule_endpoints_and_linearity():
 def test_training_epochs_follow_max_steps_and_need_steps_per_epoch():
     config = load_config("monodepth2")
     with pytest.raises(ValueError, match="steps_per_epoch"):
-        issl.training_epochs(config)
+        issl_plugin.training_epochs(config)
     config.train.steps_per_epoch = 10
-    assert issl.training_epochs(config) == (10, 20)
+    assert issl_plugin.training_epochs(config) == (10, 20)
     config.train.max_steps = 35
-    assert issl.training_epochs(config) == (10, 4)
+    assert issl_plugin.training_epochs(config) == (10, 4)
 
 
 @pytest.mark.parametrize("distribution", ["uniform", "gaussian"])
@@ -213,7 +214,7 @@ def test_objective_trains_the_self_sample_prediction_only():
 
 
 def _reference_step(state, batch, rng, *, networks, config, axis_name):
-    """The Monodepth2 step as it was before ISSL was wired in (extra_loss_fn absent)."""
+    """The Monodepth2 step without any plug-in, written out (the plug-in protocol absent)."""
     step_rng = jax.random.fold_in(rng, state.step)
     frames, frames_aug, pyramid, K, inv_K = monodepth.prepare_batch(batch, config)
     sample_keys = monodepth.automask_noise_key(step_rng, batch["index"])
@@ -223,6 +224,7 @@ def _reference_step(state, batch, rng, *, networks, config, axis_name):
         (disps, _), depth_updates = networks["depth"].apply(
             depth_vars, frames_aug[0], train=True, mutable=["batch_stats"]
         )
+        depth = geometry.disp_to_depth(disps[0], config.model.min_depth, config.model.max_depth)[1]
         poses, pose_stats = monodepth.predict_poses(
             networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, train=True
         )
@@ -231,8 +233,7 @@ def _reference_step(state, batch, rng, *, networks, config, axis_name):
         )
         # Logging only, added after ISSL: pose summary and collapse diagnostics.
         aux = {**aux, **monodepth.pose_summary(poses), **collapse.step_diagnostics(
-            geometry.disp_to_depth(disps[0], config.model.min_depth, config.model.max_depth)[1],
-            poses, K, inv_K, config.model.min_depth, config.model.max_depth,
+            depth, poses, K, inv_K, config.model.min_depth, config.model.max_depth,
             aux.get("identity_selection"), warp_depth=aux.get("depth"))}
         return total, (aux, {"depth": depth_updates["batch_stats"], "pose": pose_stats})
 

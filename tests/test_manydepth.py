@@ -135,6 +135,37 @@ def test_matching_carries_no_gradient(variables):
     assert float(jnp.abs(g_lookup).max()) == 0 and float(jnp.abs(g_pose).max()) == 0
 
 
+def test_msff_learns_through_the_cost_volume_with_cost_volume_gradient():
+    """Issue 24 item 2: with the reference's detached matching, MSFF learns only through
+    reduce_conv's input; ManyDepth+ (cost_volume_gradient) trains it for matching too."""
+    image, lookup, K = _inputs()
+    K4 = K * jnp.asarray([0.25, 0.25, 1, 1])[None, :, None]
+    pose = jnp.broadcast_to(jnp.eye(4).at[0, 3].set(0.2), (2, 1, 4, 4))
+    grads = {}
+    for through in (False, True):
+        net = ManyDepthNet(num_layers=18, num_depth_bins=8, msff=True,
+                           cost_volume_gradient=through)
+        v = net.init(jax.random.key(0), image, lookup[:, None], pose, K4, jnp.linalg.inv(K4),
+                     0.5, 8.0, train=False)
+        params = jax.tree_util.tree_map(lambda x: x, v["params"])
+        fuse = params["encoder"]["msff"]["fuse_conv"]
+        fuse["kernel"] = jnp.full_like(fuse["kernel"], 0.01)  # past the identity start
+
+        def cost(params, net=net, v=v):
+            _, aux = net.apply({"params": params, "batch_stats": v["batch_stats"]}, image,
+                               lookup[:, None], pose, K4, jnp.linalg.inv(K4), 0.5, 8.0,
+                               train=False)
+            return jnp.sum(aux["cost_volume"])  # only the cost volume path
+
+        g = jax.grad(cost)(params)["encoder"]["msff"]
+        grads[through] = max(float(jnp.abs(x).max()) for x in jax.tree_util.tree_leaves(g))
+    assert grads[False] == 0.0
+    assert grads[True] > 1e-6
+    config = load_config("manydepth_plus")
+    assert config.model.msff and config.model.cost_volume_gradient
+    assert not load_config("manydepth").model.cost_volume_gradient  # the reference
+
+
 # ------------------------------------------------------------------------------------ losses
 def test_consistency_mask_rules():
     confidence = jnp.ones((1, 2, 2, 1)).at[0, 1, 1, 0].set(0.0)

@@ -23,7 +23,7 @@ from jdepth.models.diffnet_decoder import HRDepthNet
 from jdepth.models.hrnet import HRNetEncoder
 from jdepth.models.manydepth import ManyDepthNet
 from jdepth.models.manydepth_hrnet import ManyDepthHRNet
-from jdepth.training import manydepth, panoptic as panoptic_plugin, panoptic_config
+from jdepth.training import manydepth, panoptic as panoptic_plugin, panoptic_config, plugins
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
 from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fixture)
@@ -154,11 +154,11 @@ def test_depth_arch_switch_defaults_to_the_unchanged_resnet_network():
         manydepth.build_networks(config)
 
 
-def test_unsupported_plugins_are_refused_not_ignored():
+def test_unsupported_options_are_refused_not_ignored():
     config = load_config("manydepth")
-    config.piecewise.enabled = True
-    with pytest.raises(ValueError, match="piece-wise"):
-        manydepth.build_networks(config)
+    config.piecewise.enabled = True  # runs in ManyDepth (tests/test_plugin_steps.py), with labels
+    with pytest.raises(ValueError, match="load_panoptic"):
+        plugins.pipeline_settings(config)
     config = load_config("manydepth")
     with config.model.unlocked():
         config.model.scale_head = True
@@ -174,7 +174,7 @@ def test_manydepth_plus_configs():
     plus = load_config("manydepth_plus")
     assert plus.recipe == "manydepth" and plus.model.depth_arch == "hrnet" and plus.model.msff
     assert plus.data.load_panoptic and plus.panoptic.enabled and plus.contrastive.enabled
-    assert not plus.piecewise.enabled
+    assert plus.piecewise.enabled and plus.masking.small_objects
     networks = manydepth.build_networks(plus)
     assert isinstance(networks["depth"], ManyDepthHRNet) and networks["depth"].msff
     assert panoptic_plugin.HEAD in networks
@@ -183,7 +183,8 @@ def test_manydepth_plus_configs():
     assert set(base) == set(demo)
     assert {k for k in base if base[k] != demo[k]} == {
         "model.depth_arch", "model.msff", "data.load_panoptic", "panoptic.enabled",
-        "contrastive.enabled",
+        "contrastive.enabled", "piecewise.enabled", "masking.small_objects",
+        "model.cost_volume_gradient",
     }
     assert (demo["data.height"], demo["data.width"]) == (64, 192)
     with pytest.raises(ValueError, match="lookup frames"):

@@ -9,9 +9,8 @@ from conftest import tiny_config
 from flax import linen as nn
 from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fixture)
 
-from jdepth.losses import issl
 from jdepth.training import panoptic as panoptic_plugin
-from jdepth.training import panoptic_config, plugin_warmup
+from jdepth.training import issl_plugin, panoptic_config, plugin_warmup
 
 H = W = 32
 
@@ -128,7 +127,7 @@ def test_issl_weight_is_zero_before_its_start_step():
         def loss(params):
             (disps, _), _ = net.apply({"params": params["depth"], "batch_stats": stats["depth"]},
                                       image, train=True, mutable=["batch_stats"])
-            fn = issl.make_extra_loss(net, config, step)
+            fn = issl_plugin.make_extra_loss(net, config, step)
             return fn(params, stats, inputs, {"disps": disps}, jax.random.PRNGKey(2))
         return jax.value_and_grad(loss, has_aux=True)(params)
 

@@ -19,7 +19,7 @@ from conftest import load_config, random_batch
 from jdepth.data import pipeline
 from jdepth.losses.distillation import scale_distillation_loss
 from jdepth.models.manydepth import MATCHING_SCALE, ManyDepthNet
-from jdepth.training import checkpoint, recipes, student
+from jdepth.training import checkpoint, panoptic_config, recipes, student
 from jdepth.training.state import TrainState, make_optimizer
 
 H, W = 64, 96
@@ -62,8 +62,7 @@ def teacher_workdir(tmp_path_factory):
 def _student_config(teacher_dir=None, arch="hrnet", scale_head=True):
     config = load_config("hrdepth_pp_demo")
     config.data.height, config.data.width = H, W
-    config.data.load_panoptic = False
-    config.panoptic.enabled = config.contrastive.enabled = False
+    panoptic_config.disable_paper_components(config)
     config.model.depth_arch = arch
     config.model.scale_head = scale_head
     config.eval.absolute_depth = scale_head

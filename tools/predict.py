@@ -184,7 +184,7 @@ def frame_predecessors(inputs: list[str]) -> dict[str, str]:
 
 def to_size(disp: np.ndarray, height: int, width: int) -> np.ndarray:
     """[h, w] disparity resized bilinearly (align_corners=False, no antialiasing) to [H, W]."""
-    from jdepth.losses.monodepth import upsample_disp
+    from jdepth.geometry import upsample_disp
 
     return np.asarray(upsample_disp(disp[None, :, :, None], height, width))[0, :, :, 0]
 

@@ -41,6 +41,8 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run_testbeds  # noqa: E402  (the sibling runner: its page writer and --only selection)
 BEGIN, END = "<!-- plugins:begin -->", "<!-- plugins:end -->"
 
 
@@ -211,7 +213,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default=os.path.join(REPO, "RESULTS.md"))
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    chosen = VARIANTS if not args.only else [v for v in VARIANTS if v.name in args.only.split(",")]
+    chosen = run_testbeds.select(VARIANTS, args.only, parser.error)
     os.makedirs(args.runs, exist_ok=True)
     results = {}
     for v in chosen:
@@ -228,17 +230,7 @@ def main(argv=None) -> int:
             results[v.name][seed] = score
     with open(os.path.splitext(args.results)[0] + "_plugins.json", "w") as f:
         json.dump({v: {str(s): r for s, r in d.items()} for v, d in results.items()}, f, indent=1)
-    text = ""
-    if os.path.exists(args.results):
-        with open(args.results) as f:
-            text = f.read()
-    block = table(results, seeds)
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    with open(args.results, "w") as f:
-        f.write(text)
+    run_testbeds.write_results(args.results, table(results, seeds), BEGIN, END)
     print(f"[plugins] wrote {args.results}")
     return 0
 

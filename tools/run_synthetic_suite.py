@@ -80,6 +80,7 @@ def _depth_prior_pair(name: str, what: str, override: str) -> tuple[Entry, Entry
 
 
 _PLUGINS_OFF = ("--config.panoptic.enabled=False", "--config.contrastive.enabled=False",
+                "--config.piecewise.enabled=False", "--config.masking.small_objects=False",
                 "--config.data.load_panoptic=False")
 
 SUITE = (

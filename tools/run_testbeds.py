@@ -175,18 +175,32 @@ def markdown(table: dict, entries, budgets, testbeds) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: str, block: str) -> None:
+def write_results(path: str, block: str, begin: str = BEGIN, end: str = END) -> None:
+    """Puts `block` (which starts with `begin` and ends with `end`) into the page at `path`:
+    in place of the marked block it already holds, else after the page's first paragraph."""
     text = ""
     if os.path.exists(path):
         with open(path) as f:
             text = f.read()
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         head, sep, rest = text.partition("\n\n")
         text = head + sep + block + "\n\n" + rest if sep else block + "\n" + text
     with open(path, "w") as f:
         f.write(text)
+
+
+def select(items, only: str | None, error) -> list:
+    """The items (with a `name`) that `only` ("a,b") names, all without it; an unknown name is an
+    error (`error(message)`, e.g. argparse's `parser.error`), not silently skipped."""
+    if not only:
+        return list(items)
+    names = only.split(",")
+    unknown = sorted(set(names) - {item.name for item in items})
+    if unknown:
+        error(f"unknown entries {unknown}; known: {[item.name for item in items]}")
+    return [item for item in items if item.name in names]
 
 
 def main(argv=None) -> int:
@@ -203,13 +217,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no_train", action="store_true",
                         help="only tabulate the runs that finished")
     args = parser.parse_args(argv)
-    entries = list(ENTRIES)
-    if args.only:
-        names = args.only.split(",")
-        unknown = sorted(set(names) - {e.name for e in ENTRIES})
-        if unknown:
-            parser.error(f"unknown entries {unknown}; known: {[e.name for e in ENTRIES]}")
-        entries = [e for e in ENTRIES if e.name in names]
+    entries = select(ENTRIES, args.only, parser.error)
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = args.budget.split(",")
     testbeds = args.testbeds.split(",")

@@ -145,6 +145,25 @@ def match_instances(
     }
 
 
+def small_object_mask(panoptic: np.ndarray, min_area_fraction: float = 0.01) -> np.ndarray:
+    """Frame-0 thing pixels outside every instance of at least alpha of the image, bool [H, W].
+
+    "Masking small objects" (paper Sec. 3 / abstract) on its own, without piece-wise pose: the
+    small (distant) objects and crowd regions, whose motion no pose explains. Unlike
+    `dropped_mask`, instances beyond the M pose slots are kept: without piece-wise pose every
+    pixel has the global pose, so the slot count means nothing.
+
+    Args:
+      panoptic: int [F, H, W] or [H, W] panoptic ids; frame 0 is the target.
+      min_area_fraction: alpha.
+    """
+    ids = np.asarray(panoptic)
+    ids = ids[0] if ids.ndim == 3 else ids
+    height, width = ids.shape
+    _, kept = frame_instances(ids, min_area_fraction * height * width)
+    return thing_mask(ids) & ~kept.any(axis=0)
+
+
 def empty_targets(num_frames: int, max_instances: int, height: int, width: int) -> dict:
     """Targets of a sample without any thing pixel (shapes as `match_instances`)."""
     return match_instances(np.zeros((num_frames, height, width), np.int32), max_instances)

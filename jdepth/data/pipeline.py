@@ -55,12 +55,19 @@ class PipelineConfig:
     load_panoptic: bool = False
     load_velocity: bool = False
     max_instances: int = 0  # > 0: piece-wise pose targets with this many instance slots
+    # > 0: `small_object_mask` of frame 0 with this alpha (small-object masking alone)
+    small_object_area: float = 0.0
     min_instance_area: float = 0.01  # alpha: instances below this fraction of H * W are dropped
     # Decoded, resized frames kept per process (MiB; 0: none). A frame is read as a target and as
     # a neighbour of two others every epoch; on a small dataset decoding dominates the step.
     frame_cache_mb: int = 256
 
     def __post_init__(self):
+        if self.small_object_area > 0 and not self.load_panoptic:
+            raise ValueError(
+                "jdepth/data/pipeline.py: small_object_area > 0 (small-object masking) needs the "
+                "panoptic labels; set load_panoptic=True (config.data.load_panoptic)"
+            )
         if self.max_instances > 0 and not self.load_panoptic:
             raise ValueError(
                 "jdepth/data/pipeline.py: max_instances > 0 (piece-wise pose) needs the panoptic "
@@ -199,6 +206,9 @@ def assemble_sample(
         if cfg.max_instances > 0:  # on the flipped labels: masks stay aligned with the images
             sample.update(instances.match_instances(
                 sample["panoptic"], cfg.max_instances, cfg.min_instance_area))
+        if cfg.small_object_area > 0:
+            sample["small_object_mask"] = instances.small_object_mask(
+                sample["panoptic"], cfg.small_object_area)
     if cfg.load_velocity:
         sample["velocity"] = np.asarray(velocity, np.float32)
     return sample

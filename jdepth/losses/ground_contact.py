@@ -27,16 +27,8 @@ rows. The prior pulls the two together, like a smoothness term across the line w
 * ``coverage``: the base pixels of the usable instances over the batch's pixels, so that a base
   pixel of an average instance is pulled by the prior's weight per unit of log depth, as a
   per-pixel mean like the photometric loss would.
-* Measured on the synthetic set's exact depth (150 instances of >= 1 % of the image in every
-  fourth training frame, 192x64): ``log D(base) - log D(ground)`` has median -0.011 and standard
-  deviation 0.025 (moving cars -0.015, parked -0.009): the prior is right to about 3 %. (The
-  object-size prior, jdepth/losses/object_size.py, is right to 6 % but only relates cars to each
-  other; this one ties every car to the scene's depth scale.)
-* Measured (issue 7, demo budget, weight 0.1, RESULTS.md): without instance poses it sets the
-  moving cars' base rows on the road (predicted / true depth 1.03 against Monodepth2's 1.10,
-  tools/instance_depth.py), but their upper halves stay 1.65x too far, so moving-car AbsRel does
-  not move (0.398; Monodepth2 0.33-0.39, the thing-masked ego pose alone 0.414). With ego-warped
-  instance poses and motion prior 0.1: 0.468 against 0.470 without it.
+* How right the prior is on exact depth, and what it did at the demo budget: RESULTS.md
+  (issue 7).
 """
 
 from __future__ import annotations

@@ -41,14 +41,12 @@ Decisions where the paper is silent (there is no public code):
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jdepth import geometry
-from jdepth.training import plugin_warmup
 
 DISTRIBUTIONS = ("uniform", "gaussian")
 
@@ -62,12 +60,6 @@ class SelfSamples(NamedTuple):
     image: jax.Array  # [B * n_k, H, W, C]
     depth: jax.Array  # [B * n_k, H, W, 1] target depth of each self-sample
     valid: jax.Array  # [B * n_k, H, W, 1] bool
-
-
-def is_enabled(config) -> bool:
-    """Whether the config switches ISSL on (configs without an ``issl`` section: off)."""
-    section = config.get("issl")
-    return bool(section is not None and section.enabled)
 
 
 def theta_r_schedule(
@@ -333,67 +325,3 @@ def issl_objective(
         "issl/valid_fraction": jnp.mean(samples.valid.astype(jnp.float32)),
     }
     return weighted, aux
-
-
-def training_epochs(config) -> tuple[int, int]:
-    """``(steps_per_epoch, num_epochs)`` of the run, as jdepth.training.loop defines them."""
-    steps_per_epoch = config.train.get("steps_per_epoch")
-    if not steps_per_epoch:
-        raise ValueError(
-            "jdepth/losses/issl.py: ISSL's theta_R schedule needs config.train.steps_per_epoch "
-            "(jdepth.training.loop sets it before building the step; set it when calling the "
-            "step directly)"
-        )
-    max_steps = config.train.get("max_steps") or 0
-    if max_steps > 0:
-        num_epochs = math.ceil(max_steps / steps_per_epoch)
-    else:
-        num_epochs = config.train.num_epochs
-    return int(steps_per_epoch), max(int(num_epochs), 1)
-
-
-def make_extra_loss(depth_net, config, step: jax.Array):
-    """The Monodepth2-family plug-in: an ``extra_loss_fn`` for `training.monodepth.train_step`.
-
-    Args:
-      depth_net: the family's DepthNet (linen module).
-      config: the experiment config with an ``issl`` section and ``model.min_depth/max_depth``.
-      step: the state's step (drives the theta_R schedule and the `issl.start_step` warm-up).
-
-    Returns:
-      ``fn(params, batch_stats, inputs, outputs, rng) -> (loss, aux)`` reading
-      ``inputs['frames_aug'][0]``, ``inputs['K']``, ``inputs['inv_K']``, ``inputs['index']`` and
-      ``outputs['disps'][0]``; ``params``/``batch_stats`` are dicts keyed by network name.
-    """
-    issl_config = config.issl
-    steps_per_epoch, num_epochs = training_epochs(config)
-    theta_r = theta_r_schedule(
-        step, steps_per_epoch, num_epochs, issl_config.theta_r_start, issl_config.theta_r_end
-    )
-    live = plugin_warmup.active(step, plugin_warmup.start_step(issl_config))
-    min_depth, max_depth = config.model.min_depth, config.model.max_depth
-
-    def depth_fn(params, batch_stats, images):
-        variables = {"params": params["depth"], "batch_stats": batch_stats["depth"]}
-        # Train mode, running-statistics update dropped (see module docstring).
-        (disps, _), _ = depth_net.apply(variables, images, train=True, mutable=["batch_stats"])
-        return geometry.disp_to_depth(disps[0], min_depth, max_depth)[1]
-
-    def extra_loss(params, batch_stats, inputs, outputs, rng):
-        if "index" not in inputs:
-            raise ValueError(
-                "jdepth/losses/issl.py: the step must pass inputs['index'] (sample indices) so "
-                "the random transforms are keyed per sample"
-            )
-        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(inputs["index"])
-        depth = geometry.disp_to_depth(outputs["disps"][0], min_depth, max_depth)[1]
-        weighted, aux = issl_objective(
-            depth_fn, params, batch_stats, inputs["frames_aug"][0], depth,
-            inputs["K"], inputs["inv_K"], keys, theta_r, issl_config,
-        )
-        # Warm-up (jdepth/training/plugin_warmup.py): weight 0 before issl.start_step. The term
-        # is still computed then (see plugin_warmup on why not lax.cond).
-        weighted = live * weighted
-        return weighted, {**aux, "issl": weighted}
-
-    return extra_loss

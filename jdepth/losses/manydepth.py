@@ -89,6 +89,8 @@ def teacher_loss(
     axis_name: str | None = None,
     automask_active: jax.Array | None = None,
     reduction: str = "masked_mean",
+    pixel_weights: jax.Array | None = None,
+    depth_frozen_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """The single-frame teacher's loss (module docstring).
 
@@ -107,6 +109,10 @@ def teacher_loss(
         (config ``loss.automask_start_step``), or None for always on.
       reduction: "masked_mean" (the reference: mean of the reprojection error over the pixels it
         wins) or "min" (Monodepth2: mean of min(reprojection, identity) over all pixels).
+      pixel_weights: ``[B, H, W, 1]`` weights of the per-pixel photometric error (small-object
+        masking, piece-wise pose), or None.
+      depth_frozen_mask: ``[B, H, W, 1]`` bool, pixels whose photometric error does not train
+        the depth (as ``monodepth.monodepth_loss``), or None.
 
     Returns:
       ``(total, aux)``: ``aux`` has ``photometric/s{s}``, ``smoothness/s{s}``, ``photometric``,
@@ -119,6 +125,10 @@ def teacher_loss(
     scales = sorted(disps)
     _, height, width, _ = target.shape
     depths = full_res_depths(disps, height, width, min_depth, max_depth)
+    warp_depths = depths
+    if depth_frozen_mask is not None:
+        warp_depths = jnp.where(depth_frozen_mask[None], jax.lax.stop_gradient(depths), depths)
+    weights = None if pixel_weights is None else pixel_weights.astype(target.dtype)
     identity_per_source = identity = None
     if automask:
         identity_per_source = monodepth.automask_delay(
@@ -134,19 +144,25 @@ def teacher_loss(
         if reduction == "min":  # Monodepth2's per-pixel minimum itself, noise included
             per_pixel, _ = min_reprojection(errors, identity_per_source, noise_key,
                                             avg_reprojection)
-            return jnp.mean(per_pixel)
+            if weights is None:
+                return jnp.mean(per_pixel)
+            return global_masked_mean(per_pixel, weights, axis_name)
         reprojection = _reduce_sources(errors, avg_reprojection)
         if identity is None:
-            return jnp.mean(reprojection)
+            if weights is None:
+                return jnp.mean(reprojection)
+            return global_masked_mean(reprojection, weights, axis_name)
         noisy = identity
         if noise_key is not None:
             noisy = identity + IDENTITY_NOISE_STD * tie_breaking_noise(
                 noise_key, identity.shape, identity.dtype
             )
         keep = (reprojection <= noisy).astype(reprojection.dtype)
+        if weights is not None:
+            keep = keep * weights
         return global_masked_mean(reprojection, keep, axis_name)
 
-    per_scale = jax.vmap(photometric)(depths, jnp.asarray(scales, jnp.uint32))
+    per_scale = jax.vmap(photometric)(warp_depths, jnp.asarray(scales, jnp.uint32))
     smooth, smooth_weighted = _smoothness_terms(disps, pyramid, smoothness_weight)
     aux: dict[str, Any] = {"depths": depths}
     for i, s in enumerate(scales):
@@ -212,6 +228,7 @@ def multi_frame_loss(
     smoothness_weight: float = 1e-3,
     avg_reprojection: bool = False,
     axis_name: str | None = None,
+    pixel_weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """The multi-frame network's loss (module docstring).
 
@@ -223,6 +240,8 @@ def multi_frame_loss(
       consistency: ``[B, H, W, 1]`` from ``consistency_mask``.
       augmentation: ``[B]`` 1 where matching augmentation was applied (reprojection off).
       axis_name: pmap axis of a sharded batch (masked means over the global batch), or None.
+      pixel_weights: ``[B, H, W, 1]`` weights of the photometric (reprojection) error, or None;
+        the consistency term is not weighted.
 
     Returns:
       ``(total, aux)``: ``aux`` has ``photometric/s{s}``, ``consistency/s{s}``, ``smoothness/s{s}``,
@@ -241,13 +260,16 @@ def multi_frame_loss(
         :, None, None, None
     ]
     fallback = 1.0 - reprojection_mask
+    photometric_mask = reprojection_mask
+    if pixel_weights is not None:
+        photometric_mask = reprojection_mask * pixel_weights.astype(reprojection_mask.dtype)
 
     def per_scale(depth, teacher):
         errors, _ = monodepth.reprojection_errors(
             depth, target, sources, poses, K, inv_K, ssim_weight
         )
         reprojection = _reduce_sources(errors, avg_reprojection)
-        photometric = global_masked_mean(reprojection, reprojection_mask, axis_name)
+        photometric = global_masked_mean(reprojection, photometric_mask, axis_name)
         consistency_term = jnp.mean(jnp.abs(depth - teacher) * fallback)
         return photometric, consistency_term
 

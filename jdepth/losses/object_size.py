@@ -34,13 +34,8 @@ with ``coverage`` the fraction of the batch's pixels those instances cover.
   0.515 at both, issue 7). The ``coverage`` factor keeps the scale of a per-pixel mean like the
   photometric loss: a car of average size is pulled by the prior's weight per unit of log depth
   per pixel, a smaller one harder, a larger one less.
-* Measured (issue 7, demo budget, weight 0.1, RESULTS.md): it makes the cars' depths agree
-  with each other a little better (test cars: mean |log(D h) - parked median| 0.14 against
-  Monodepth2's 0.18; exact depth: 0.05), but not with the scene. Cars stay too far after median
-  scaling (1.36-1.53x, Monodepth2 1.45-1.47x: tools/instance_depth.py), and moving-car AbsRel
-  gets worse (0.491 without instance poses, 0.592 with; Monodepth2 0.33-0.39). The prior only
-  relates cars to each other; the cars' common error is their upper halves taking the far
-  background's depth, which it does not see.
+* How right the prior is on exact depth, and what it did at the demo budget: RESULTS.md
+  (issue 7).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jdepth.losses.monodepth import upsample_disp
+from jdepth.geometry import upsample_disp
 from jdepth.models.layers import torch_default_conv, torch_default_kernel_init
 
 Dtype = Any

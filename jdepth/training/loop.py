@@ -25,7 +25,7 @@ from jdepth.data import pipeline
 from jdepth.eval import depth_eval
 from jdepth.eval.metrics import format_metrics_table
 from jdepth.inference import DepthPredictor
-from jdepth.training import checkpoint, collapse, config_check, piecewise, preflight, recipes
+from jdepth.training import checkpoint, collapse, config_check, plugins, preflight, recipes
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.parallel import DataParallel
 from jdepth.training.state import TrainState, make_optimizer, param_count
@@ -51,7 +51,7 @@ def pipeline_config(config) -> pipeline.PipelineConfig:
         load_panoptic=bool(d.get("load_panoptic", False)),
         load_velocity=bool(d.get("load_velocity", False)),
         frame_cache_mb=int(d.get("frame_cache_mb", 256)),
-        **piecewise.pipeline_settings(config),
+        **plugins.pipeline_settings(config),
     )
 
 

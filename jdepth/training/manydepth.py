@@ -39,8 +39,9 @@ from jdepth.losses import manydepth as md_losses
 from jdepth.losses import velocity as velocity_lib
 from jdepth.models.manydepth import MATCHING_SCALE, ManyDepthNet
 from jdepth.models.manydepth_hrnet import ManyDepthHRNet
-from jdepth.training import collapse, metric_init, monodepth, teacher_freeze
+from jdepth.training import collapse, metric_init, monodepth, piecewise, teacher_freeze
 from jdepth.training import panoptic as panoptic_plugin
+from jdepth.training import plugins as plugins_lib
 from jdepth.training.state import TrainState
 from jdepth.training.teacher_freeze import make_optimizer  # noqa: F401  (recipe protocol)
 
@@ -105,6 +106,8 @@ def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Modu
         "mono": mono["depth"],
         "pose": mono["pose"],
     }
+    if piecewise.INSTANCE_NET in mono:  # piece-wise pose with its own instance pose net
+        networks[piecewise.INSTANCE_NET] = mono[piecewise.INSTANCE_NET]
     if panoptic_plugin.head_enabled(config):
         networks[panoptic_plugin.HEAD] = panoptic_plugin.build_head(
             config, jnp.dtype(config.model.dtype)
@@ -121,9 +124,10 @@ def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
     measures what the multi-frame network adds. (From scratch the teacher's fate depends on its
     initial values: with another draw it saturated at the minimum depth by step 50; RESULTS.md.)
     """
-    params, batch_stats = monodepth.init_variables(
-        {"depth": networks["mono"], "pose": networks["pose"]}, config, rng
-    )
+    single_frame = {"depth": networks["mono"], "pose": networks["pose"]}
+    if piecewise.INSTANCE_NET in networks:
+        single_frame[piecewise.INSTANCE_NET] = networks[piecewise.INSTANCE_NET]
+    params, batch_stats = monodepth.init_variables(single_frame, config, rng)
     depth_rng = jax.random.fold_in(rng, 2)
     h, w = config.data.height, config.data.width
     image = jnp.zeros((1, h, w, 3), jnp.float32)
@@ -131,13 +135,10 @@ def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
     depth_vars = networks["depth"].init(
         depth_rng, image, image[:, None], jnp.zeros((1, 1, 4, 4)), K, K, 0.1, 10.0, train=False
     )
-    params = {"depth": depth_vars["params"], "mono": params["depth"], "pose": params["pose"]}
+    params = {**params, "depth": depth_vars["params"], "mono": params["depth"]}
     params = metric_init.apply(params, config, ("depth",))  # the mono net's was set above
-    batch_stats = {
-        "depth": depth_vars["batch_stats"],
-        "mono": batch_stats["depth"],
-        "pose": batch_stats["pose"],
-    }
+    batch_stats = {**batch_stats, "depth": depth_vars["batch_stats"],
+                   "mono": batch_stats["depth"]}
     if panoptic_plugin.HEAD in networks:  # on the multi-frame encoder; no batch_stats (GroupNorm)
         features = jax.eval_shape(lambda: networks["depth"].apply(
             depth_vars, image, image[:, None], jnp.zeros((1, 1, 4, 4)), K, K, 0.1, 10.0,
@@ -173,41 +174,70 @@ def matching_augmentation(rng: jax.Array, indices: jax.Array, config):
     return static, zero
 
 
-def _teacher_outputs(params, batch_stats, frames_aug, joint, networks):
+def _teacher_outputs(params, batch_stats, frames_aug, batch, joint, networks, config, source,
+                     K, inv_K):
     """Poses and teacher disparity of both phases, selected by the traced flag ``joint``.
 
     Before the freeze: train mode (batch statistics, updated running statistics, gradients).
     After: eval mode (running statistics, frozen), without gradient. Both are computed and one is
     selected: XLA:CPU runs convolutions inside ``lax.cond`` branches about 10x slower than outside
     (jax-ml/jax#12868), so a cond over the phases costs far more than the two extra forward
-    passes (teacher + 2 poses) this spends.
+    passes (teacher + 2 poses) this spends. With a pose-source plug-in (piece-wise pose,
+    jdepth/training/plugins.py) both phases get their poses from it (its instance calls too).
 
     Returns:
-      (poses {f: [B, 4, 4]}, disps {s: [B, h, w, 1]}, {"mono": stats, "pose": stats}).
+      dict: ``poses`` {f: [B, 4, 4]} (global), ``warp_poses`` (the photometric warp's),
+      ``disps`` {s: [B, h, w, 1]}, ``depth_aux``, ``depth`` [B, H, W, 1] (full resolution),
+      ``pose_aux``, ``pose_extras``, ``pixel_weights`` (None without a pose source) and
+      ``stats`` {"mono", "pose"}.
     """
-    poses, pose_stats = monodepth.predict_poses(
-        networks["pose"], params["pose"], batch_stats["pose"], frames_aug, train=True
-    )
+    model = config.model
+    fixed = jax.lax.stop_gradient(params)
     mono_vars = {"params": params["mono"], "batch_stats": batch_stats["mono"]}
-    (disps, _), updates = networks["mono"].apply(
+    (disps, mono_aux), updates = networks["mono"].apply(
         mono_vars, frames_aug[0], train=True, mutable=["batch_stats"]
     )
-    fixed = jax.lax.stop_gradient(params)
-    frozen_poses, _ = monodepth.predict_poses(
-        networks["pose"], fixed["pose"], batch_stats["pose"], frames_aug, train=False
-    )
-    frozen_disps, _ = networks["mono"].apply(
+    frozen_disps, frozen_aux = networks["mono"].apply(
         {"params": fixed["mono"], "batch_stats": batch_stats["mono"]}, frames_aug[0], train=False
     )
+
+    def depth_of(d):
+        return geometry.disp_to_depth(d[0], model.min_depth, model.max_depth)[1]
+
+    def pose_outputs(variables, train, disps_now):
+        if source is None:
+            poses, stats = monodepth.predict_poses(
+                networks["pose"], variables["pose"], batch_stats["pose"], frames_aug, train=train
+            )
+            return {"poses": poses, "warp_poses": poses, "pose_stats": stats, "pose_aux": {},
+                    "pose_extras": None}
+        instance = None
+        if piecewise.INSTANCE_NET in variables:
+            instance = (variables[piecewise.INSTANCE_NET], batch_stats[piecewise.INSTANCE_NET])
+        posed = source.poses(
+            networks["pose"], variables["pose"], batch_stats["pose"], frames_aug, batch,
+            train=train, ego_view=(depth_of(disps_now), K, inv_K), instance_variables=instance)
+        return {"poses": posed.poses, "warp_poses": posed.warp_poses,
+                "pose_stats": posed.batch_stats, "pose_aux": posed.aux,
+                "pose_extras": posed.extras, "pixel_weights": posed.pixel_weights}
+
+    live = pose_outputs(params, True, disps)
+    frozen = pose_outputs(fixed, False, frozen_disps)
 
     def pick(new, old):
         return jax.tree_util.tree_map(
             lambda a, b: jnp.where(joint, a, jax.lax.stop_gradient(b)), new, old
         )
 
-    stats = {"mono": pick(updates["batch_stats"], batch_stats["mono"]),
-             "pose": pick(pose_stats, batch_stats["pose"])}
-    return pick(poses, frozen_poses), pick(disps, frozen_disps), stats
+    out = {key: pick(live[key], frozen[key])
+           for key in ("poses", "warp_poses", "pose_aux", "pose_extras")}
+    out["pixel_weights"] = live.get("pixel_weights")  # the gating only: no train/eval difference
+    out["disps"] = pick(disps, frozen_disps)
+    out["depth_aux"] = pick(mono_aux, frozen_aux)
+    out["depth"] = depth_of(out["disps"])
+    out["stats"] = {"mono": pick(updates["batch_stats"], batch_stats["mono"]),
+                    "pose": pick(live["pose_stats"], batch_stats["pose"])}
+    return out
 
 
 def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axis_name):
@@ -220,19 +250,28 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
                   ssim_weight=loss_cfg.ssim_weight, smoothness_weight=loss_cfg.smoothness_weight,
                   avg_reprojection=loss_cfg.avg_reprojection, axis_name=axis_name)
     live = joint.astype(jnp.float32)
+    plugs = plugins_lib.build(config, networks, inputs["step"], "manydepth")
+    source = plugins_lib.pose_source(plugs)
+    batch = inputs["batch"]
 
-    poses, mono_disps, teacher_stats = _teacher_outputs(
-        params, batch_stats, frames_aug, joint, networks
-    )
+    teacher = _teacher_outputs(params, batch_stats, frames_aug, batch, joint, networks, config,
+                               source, inputs["K"], inputs["inv_K"])
+    poses, warp_poses, mono_disps = teacher["poses"], teacher["warp_poses"], teacher["disps"]
+    pixel_weights = plugins_lib.pixel_weights(plugs, batch) if plugs else None
+    if teacher["pixel_weights"] is not None:
+        pixel_weights = (teacher["pixel_weights"] if pixel_weights is None
+                         else pixel_weights * teacher["pixel_weights"])
     # The teacher's loss is computed in both phases (logged) but only trains before the freeze.
     teacher_total, teacher_aux = md_losses.teacher_loss(
-        mono_disps, frames[0], sources, poses, inputs["K"], inputs["inv_K"], pyramid,
+        mono_disps, frames[0], sources, warp_poses, inputs["K"], inputs["inv_K"], pyramid,
         key=inputs["sample_keys"], automask=loss_cfg.automask,
         automask_active=inputs.get("automask_active"),
-        reduction=config.manydepth.get("teacher_reduction", "masked_mean"), **common,
+        reduction=config.manydepth.get("teacher_reduction", "masked_mean"),
+        pixel_weights=pixel_weights,
+        depth_frozen_mask=plugins_lib.depth_frozen_mask(plugs, batch), **common,
     )
     total = jnp.where(joint, teacher_total, 0.0)
-    aux = {**monodepth.pose_summary(poses),
+    aux = {**monodepth.pose_summary(poses), **teacher["pose_aux"],
            "teacher/loss": teacher_total, "teacher/photometric": teacher_aux["photometric"],
            "teacher/smoothness": teacher_aux["smoothness"], "teacher/frozen": 1.0 - live}
     if loss_cfg.get("velocity_weight", 0.0) > 0:
@@ -242,11 +281,13 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
     teacher_depths = jax.lax.stop_gradient(teacher_aux["depths"])
     # The teacher and the pose net are where the degenerate solution starts (README, "When
     # training collapses"); the multi-frame network inherits it through the consistency loss.
-    aux.update(collapse.step_diagnostics(teacher_depths[0], poses, inputs["K"], inputs["inv_K"],
-                                         model.min_depth, model.max_depth))
+    aux.update(collapse.step_diagnostics(teacher_depths[0], warp_poses, inputs["K"],
+                                         inputs["inv_K"], model.min_depth, model.max_depth))
 
-    # The multi-frame loss and the matching never train the pose net (reference: detach).
+    # The multi-frame loss and the matching never train the pose net (reference: detach). The
+    # cost volume matches with the global pose: no instance masks exist at test time.
     fixed_poses = {f: jax.lax.stop_gradient(T) for f, T in poses.items()}
+    fixed_warp = {f: jax.lax.stop_gradient(T) for f, T in warp_poses.items()}
     static, zero = inputs["static"], inputs["zero_cost_volume"]
     lookup_id = LOOKUP_FRAMES[0]
     lookup = jnp.where(static[:, None, None, None], frames[0], frames_aug[lookup_id])
@@ -263,21 +304,28 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
     )
     augmentation = (static | zero).astype(jnp.float32)
     multi_total, m_aux = md_losses.multi_frame_loss(
-        disps, frames[0], sources, fixed_poses, inputs["K"], inputs["inv_K"], pyramid,
-        teacher_depths, consistency, augmentation, **common,
+        disps, frames[0], sources, fixed_warp, inputs["K"], inputs["inv_K"], pyramid,
+        teacher_depths, consistency, augmentation, pixel_weights=pixel_weights, **common,
     )
     total = total + multi_total
-    if panoptic_plugin.is_enabled(config):
-        # The plug-in's protocol (jdepth/training/panoptic.py, as training/monodepth.py calls it):
-        # the multi-frame pass's encoder and decoder features of the jittered target.
-        outputs = {"disps": disps, "poses": fixed_poses, "depth_aux": multi_aux}
-        plugin_inputs = {"frames": frames, "frames_aug": frames_aug, "K": inputs["K"],
-                         "inv_K": inputs["inv_K"], "index": inputs["index"]}
-        if "panoptic" in inputs:
-            plugin_inputs["panoptic"] = inputs["panoptic"]
-        plugin = panoptic_plugin.make_extra_loss(networks, config, inputs["step"])
-        plugin_total, plugin_aux = plugin(
-            params, batch_stats, plugin_inputs, outputs, inputs["plugin_rng"])
+    new_stats = {**batch_stats, "depth": updates["batch_stats"], **teacher["stats"]}
+    if any(p.loss is not None for p in plugs):
+        plugin_inputs = monodepth.plugin_inputs(batch, frames, frames_aug, inputs["K"],
+                                                inputs["inv_K"])
+        multi_depth = geometry.disp_to_depth(disps[0], model.min_depth, model.max_depth)[1]
+        outputs = {
+            # The evaluated network: the panoptic head and the contrastive loss (ManyDepth+).
+            "depth": {"disps": disps, "poses": fixed_poses, "depth_aux": multi_aux,
+                      "depth": multi_depth, "pose_extras": None},
+            # The single-frame teacher: ISSL and the piece-wise priors, with its poses.
+            "single_frame": {"disps": mono_disps, "poses": poses,
+                             "depth_aux": teacher["depth_aux"], "depth": teacher["depth"],
+                             "pose_extras": teacher["pose_extras"]},
+        }
+        # The teacher's plug-ins train it only before the freeze, as its own loss.
+        plugin_total, plugin_aux = plugins_lib.extra_losses(
+            plugs, params, new_stats, plugin_inputs, outputs, inputs["plugin_rng"],
+            gates={"single_frame": live})
         total = total + plugin_total
         aux.update({k: v for k, v in plugin_aux.items() if jnp.ndim(v) == 0})
     aux.update({
@@ -289,7 +337,6 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
         "multi/confidence_fraction": jnp.mean(multi_aux["confidence"]),
         "multi/augmentation_fraction": jnp.mean(augmentation),
     })
-    new_stats = {"depth": updates["batch_stats"], **teacher_stats}
     return total, (aux, new_stats, teacher_depths[0])
 
 
@@ -311,7 +358,7 @@ def train_step(
         "K_match": batch["K"][:, MATCHING_SCALE], "inv_K_match": batch["inv_K"][:, MATCHING_SCALE],
         "sample_keys": monodepth.automask_noise_key(step_rng, batch["index"]),
         "static": static, "zero_cost_volume": zero, "index": batch["index"],
-        "plugin_rng": jax.random.fold_in(step_rng, 2), "step": state.step,
+        "plugin_rng": jax.random.fold_in(step_rng, 2), "step": state.step, "batch": batch,
     }
     active = monodepth.automask_active(config, state.step)  # loss.automask_start_step
     if active is not None:
@@ -328,6 +375,8 @@ def train_step(
     # Frozen: exact zeros for teacher and pose (their loss is already masked out; this also keeps
     # a non-finite teacher gradient from leaking through 0 * inf).
     for name in teacher_freeze.TEACHER_NETWORKS:
+        if name not in grads:  # a separate instance pose net exists only with piece-wise pose
+            continue
         grads[name] = jax.tree_util.tree_map(lambda g: jnp.where(joint, g, 0.0), grads[name])
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
@@ -429,8 +478,6 @@ def multi_frame_forward(params, batch_stats, extra, images, *, networks, context
 
 
 def _check_config(config) -> None:
-    if config.get("issl") is not None and config.issl.get("enabled", False):
-        raise ValueError("the manydepth recipe has no ISSL plug-in; set issl.enabled=False")
     if config.loss.get("v1_multiscale", False):
         raise ValueError("the manydepth recipe implements full-res multiscale only "
                          "(loss.v1_multiscale=False)")
@@ -441,7 +488,3 @@ def _check_config(config) -> None:
     if config.model.get("scale_head", False):
         raise ValueError("the manydepth recipe has no scale head (config.model.scale_head=False); "
                          "the scale-aware student is recipe 'student'")
-    if config.get("piecewise") is not None and config.piecewise.get("enabled", False):
-        # Not silently ignored: see jdepth/training/piecewise.py on where it belongs in ManyDepth.
-        raise ValueError("piece-wise pose is not wired into the manydepth recipe yet; set "
-                         "piecewise.enabled=False")

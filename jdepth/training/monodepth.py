@@ -1,12 +1,11 @@
 """The Monodepth2 recipe family: networks, init, the pure train step and the eval forward pass.
 
 One step = depth on the jittered target, one pose per source frame, the full-resolution multi-scale
-photometric objective on the un-augmented frames. Plug-in losses hook in through `extra_loss_fn`;
-ISSL (`config.issl.enabled`, jdepth/losses/issl.py) and the panoptic head / contrastive loss
-(`config.panoptic.enabled`, `config.contrastive.enabled`, jdepth/training/panoptic.py) are built
-here from the config; `config.piecewise.enabled` swaps the pose step for piece-wise pose
-(jdepth/training/piecewise.py). Recipes with
-other networks (ManyDepth, students) have their own step module and reuse the pieces here.
+photometric objective on the un-augmented frames. The plug-ins the config switches on (piece-wise
+pose, small-object masking, ISSL, panoptic head, contrastive loss) come in through the one
+protocol of jdepth/training/plugins.py: pose source, pixel weights, extra losses. Recipes with
+other networks (ManyDepth, students) have their own step module, call the same protocol and reuse
+the pieces here.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from flax import linen as nn
 from jdepth import geometry
 from jdepth.data import device_transforms
 from jdepth.interop import encoder_init
-from jdepth.losses import ground_contact, issl, object_size
 from jdepth.losses import monodepth as monodepth_losses
 from jdepth.losses import velocity as velocity_lib
 from jdepth.models.depth_decoder import DepthNet
@@ -28,6 +26,7 @@ from jdepth.models.diffnet_decoder import HRDepthNet
 from jdepth.models.pose_net import POSE_SCALE, PoseNet
 from jdepth.training import collapse, metric_init, piecewise
 from jdepth.training import panoptic as panoptic_plugin
+from jdepth.training import plugins as plugins_lib
 from jdepth.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -204,24 +203,19 @@ def train_step(
     networks: dict[str, nn.Module],
     config,
     axis_name: str | None,
-    extra_loss_fn=None,
+    extra_plugins: tuple = (),
 ) -> tuple[TrainState, Metrics]:
     """One optimisation step of the Monodepth2 family.
 
     Args:
-      state: TrainState with params/batch_stats {"depth", "pose"}.
+      state: TrainState with params/batch_stats {"depth", "pose", plug-in networks}.
       batch: one (per-device) batch from the pipeline (see jdepth.data.pipeline).
       rng: base key; the step's key is fold_in(rng, step), so resuming replays the same noise.
       networks: from `build_networks`.
       config: the experiment config (static).
       axis_name: pmap axis to average gradients over, or None under jit.
-      extra_loss_fn: optional plug-in `(params, batch_stats, inputs, outputs, rng) -> (loss, aux)`
-        added to the total. `inputs` holds frames, frames_aug, K, inv_K (scale 0), the pipeline's
-        per-scale `K_pyramid` / `inv_K_pyramid` `[B, S, 4, 4]` and the samples' split indices
-        `index`; `outputs` the disps and poses; `batch_stats` are the main pass's.
-        With `config.issl.enabled` the ISSL plug-in runs after it (with its own key), then the
-        panoptic plug-in (`config.panoptic` / `config.contrastive`), which also reads
-        `inputs["panoptic"]` (target-frame labels) and `outputs["depth_aux"]`.
+      extra_plugins: `plugins.Plugin`s a recipe adds to the ones its config switches on
+        (jdepth/training/plugins.py; the student's distillation); they run after those.
 
     Returns:
       (new state, metrics) with every loss term by name.
@@ -231,17 +225,18 @@ def train_step(
                          "mean depth; it does not combine with the metric speed loss "
                          "(loss.velocity_weight)")
     step_rng = jax.random.fold_in(rng, state.step)
-    extra_loss_fns = [] if extra_loss_fn is None else [extra_loss_fn]
-    if issl.is_enabled(config):
-        extra_loss_fns.append(issl.make_extra_loss(networks["depth"], config, state.step))
-    if panoptic_plugin.is_enabled(config):
-        extra_loss_fns.append(panoptic_plugin.make_extra_loss(networks, config, state.step))
+    plugs = plugins_lib.build(config, networks, state.step, "monodepth") + list(extra_plugins)
+    source = plugins_lib.pose_source(plugs)
     frames, frames_aug, pyramid, K, inv_K = prepare_batch(batch, config)
     sample_keys = automask_noise_key(step_rng, batch["index"])
-    if config.loss.get("v1_multiscale", False):
-        if piecewise.is_enabled(config):
-            raise ValueError("piece-wise pose warps at full resolution; it does not combine with "
-                             "config.loss.v1_multiscale")
+    v1 = config.loss.get("v1_multiscale", False)
+    if v1:
+        if source is not None or any(p.pixel_weights is not None for p in plugs):
+            raise ValueError("piece-wise pose and small-object masking weight the full-resolution "
+                             "warp; they do not combine with config.loss.v1_multiscale")
+        if config.loss.get("depth_normalization", False):
+            raise ValueError("config.loss.depth_normalization is implemented for the "
+                             "full-resolution multi-scale loss, not loss.v1_multiscale")
         source_pyramids = {
             f: [img] + [device_transforms.downscale(img, 2**s) for s in range(1, len(pyramid))]
             for f, img in frames.items() if f != 0
@@ -252,32 +247,25 @@ def train_step(
         (disps, depth_aux), depth_updates = networks["depth"].apply(
             depth_vars, frames_aug[0], train=True, mutable=["batch_stats"]
         )
-        if piecewise.is_enabled(config):
-            # Full-resolution target depth: the warp's, the motion prior's and the ego view's.
-            depth = geometry.disp_to_depth(
-                disps[0], config.model.min_depth, config.model.max_depth)[1]
-            # Ego pose on thing-masked pairs; the warp composes per-instance poses (Sec. 3.3).
-            (poses, warp_poses, pose_stats, piecewise_aux, pixel_weights,
-             residual_motions) = piecewise.train_poses(
+        # Full-resolution target depth: the warp's, the plug-ins' and the diagnostics'.
+        depth = geometry.disp_to_depth(disps[0], config.model.min_depth, config.model.max_depth)[1]
+        if source is not None:
+            instance = None
+            if piecewise.INSTANCE_NET in params:
+                instance = (params[piecewise.INSTANCE_NET],
+                            state.batch_stats[piecewise.INSTANCE_NET])
+            posed = source.poses(
                 networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, batch,
-                tuple(config.data.frame_ids), config.piecewise, state.step,
-                instance_net=(
-                    (networks[piecewise.INSTANCE_NET], params[piecewise.INSTANCE_NET],
-                     state.batch_stats[piecewise.INSTANCE_NET])
-                    if piecewise.INSTANCE_NET in networks else None),
-                ego_view=(depth, K, inv_K),
-            )
+                train=True, ego_view=(depth, K, inv_K), instance_variables=instance)
+            poses, warp_poses, pose_stats = posed.poses, posed.warp_poses, posed.batch_stats
+            pose_aux, pose_extras = posed.aux, posed.extras
         else:
+            posed = None
             poses, pose_stats = predict_poses(
                 networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, train=True
             )
-            warp_poses, pixel_weights, piecewise_aux, residual_motions = poses, None, {}, None
-        depth_frozen_mask = (piecewise.depth_frozen_mask(batch, config.piecewise, state.step)
-                             if piecewise.is_enabled(config) else None)
-        if config.loss.get("v1_multiscale", False):
-            if config.loss.get("depth_normalization", False):
-                raise ValueError("config.loss.depth_normalization is implemented for the "
-                                 "full-resolution multi-scale loss, not loss.v1_multiscale")
+            warp_poses, pose_aux, pose_extras = poses, {}, None
+        if v1:
             total, aux = monodepth_losses.monodepth_loss_v1(
                 disps, dict(enumerate(pyramid)),
                 {f: dict(enumerate(p)) for f, p in source_pyramids.items()},
@@ -291,32 +279,15 @@ def train_step(
         else:
             total, aux = photometric_objective(
                 disps, frames, pyramid, warp_poses, K, inv_K, sample_keys, config,
-                pixel_weights=pixel_weights, step=state.step, depth_frozen_mask=depth_frozen_mask,
+                pixel_weights=plugins_lib.pixel_weights(plugs, batch, posed), step=state.step,
+                depth_frozen_mask=plugins_lib.depth_frozen_mask(plugs, batch),
             )
-        if residual_motions is not None:  # piece-wise pose with residual instance motions
-            # Logged whenever there are residual motions; it trains only with a weight.
-            prior, prior_aux = piecewise.motion_prior(residual_motions, depth, inv_K)
-            piecewise_aux = {**piecewise_aux, **prior_aux}
-            motion_weight = config.piecewise.get("motion_prior_weight", 0.0)
-            if motion_weight > 0:
-                total = total + motion_weight * prior
-        if piecewise.is_enabled(config):
-            # Per-object depth priors: logged in every piece-wise run, trained only with a weight.
-            masks, valid = piecewise.target_instances(batch, config.piecewise, state.step)
-            size, size_aux = object_size.size_prior(depth, masks, valid)
-            contact, contact_aux = ground_contact.contact_prior(
-                depth, masks, valid, batch["thing_mask"][:, 0])
-            piecewise_aux = {**piecewise_aux, **size_aux, **contact_aux}
-            for weight, prior in (("size_prior_weight", size), ("contact_prior_weight", contact)):
-                if config.piecewise.get(weight, 0.0) > 0:
-                    total = total + config.piecewise[weight] * prior
         # Networks without updates here (a separate instance pose net: its updates are
         # discarded, jdepth/training/piecewise.py) keep their statistics.
         batch_stats = {**state.batch_stats, "depth": depth_updates["batch_stats"],
                        "pose": pose_stats}
-        aux = {**aux, **pose_summary(poses), **piecewise_aux, **collapse.step_diagnostics(
-            geometry.disp_to_depth(disps[0], config.model.min_depth, config.model.max_depth)[1],
-            warp_poses, K, inv_K, config.model.min_depth, config.model.max_depth,
+        aux = {**aux, **pose_summary(poses), **pose_aux, **collapse.step_diagnostics(
+            depth, warp_poses, K, inv_K, config.model.min_depth, config.model.max_depth,
             aux.get("identity_selection"), warp_depth=aux.get("depth"))}
         if config.loss.get("velocity_weight", 0.0) > 0:
             # Speed supervision: needs `data.load_velocity` (oxts vf of every frame).
@@ -325,20 +296,16 @@ def train_step(
             )
             aux = {**aux, "velocity": speed}
             total = total + config.loss.velocity_weight * speed
-        if extra_loss_fns:
-            inputs = {
-                "frames": frames, "frames_aug": frames_aug, "K": K, "inv_K": inv_K,
-                "K_pyramid": batch["K"], "inv_K_pyramid": batch["inv_K"], "index": batch["index"],
-            }
-            if "panoptic" in batch:
-                inputs["panoptic"] = batch["panoptic"][:, 0]  # frame 0, flipped with the images
-            outputs = {"disps": disps, "poses": poses, "depth_aux": depth_aux}
-            for number, fn in enumerate(extra_loss_fns, start=1):
-                extra, extra_aux = fn(
-                    params, batch_stats, inputs, outputs, jax.random.fold_in(step_rng, number)
-                )
-                total = total + extra
-                aux = {**aux, **extra_aux}
+        if any(p.loss is not None for p in plugs):
+            inputs = plugin_inputs(batch, frames, frames_aug, K, inv_K)
+            outputs = {"disps": disps, "poses": poses, "depth_aux": depth_aux, "depth": depth,
+                       "pose_extras": pose_extras}
+            # One depth network: it is both the evaluated and the single-frame one.
+            extra, extra_aux = plugins_lib.extra_losses(
+                plugs, params, batch_stats, inputs,
+                {"depth": outputs, "single_frame": outputs}, step_rng)
+            total = total + extra
+            aux = {**aux, **extra_aux}
         return total, (aux, batch_stats)
 
     (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -350,6 +317,18 @@ def train_step(
     if axis_name is not None:
         metrics = jax.lax.pmean(metrics, axis_name)
     return new_state, metrics
+
+
+def plugin_inputs(batch: dict, frames, frames_aug, K, inv_K) -> dict:
+    """The `inputs` every step hands its plug-ins (jdepth/training/plugins.py)."""
+    inputs = {
+        "frames": frames, "frames_aug": frames_aug, "K": K, "inv_K": inv_K,
+        "K_pyramid": batch["K"], "inv_K_pyramid": batch["inv_K"], "index": batch["index"],
+        "batch": batch,
+    }
+    if "panoptic" in batch:
+        inputs["panoptic"] = batch["panoptic"][:, 0]  # frame 0, flipped with the images
+    return inputs
 
 
 def pose_summary(poses: dict[int, jax.Array]) -> Metrics:

@@ -80,7 +80,7 @@ def init_head(head: PanopticHead, encoder_features_shapes, rng: jax.Array):
 
 
 def make_extra_loss(networks: dict, config, step: jax.Array | int):
-    """The plug-in for `training.monodepth.train_step`'s `extra_loss_fn` protocol.
+    """The loss of the panoptic plug-in (jdepth/training/plugins.py).
 
     `step` (the state's step, may be traced) drives the warm-ups `panoptic.start_step` and
     `contrastive.start_step` (jdepth/training/plugin_warmup.py): before them the head trains on

@@ -79,3 +79,25 @@ def enable(config: config_dict.ConfigDict, head: bool = True, contrastive: bool 
     config.panoptic.enabled = head
     config.contrastive.enabled = contrastive
     return config
+
+
+def enable_paper_components(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """Every component Shyam et al. add to a depth recipe: the panoptic head, the instance-aware
+    contrastive loss, small-object masking and piece-wise pose (and the labels they read).
+
+    The recipes `manydepth_plus`, `hrdepth_plus`, `hrdepth_pp` and their demo twins are built with
+    it; the `*_panoptic` configs switch on the panoptic branch alone.
+    """
+    enable(config)
+    config.masking.small_objects = True
+    config.piecewise.enabled = True
+    return config
+
+
+def disable_paper_components(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """The inverse of `enable_paper_components` (the labels are no longer loaded)."""
+    config.data.load_panoptic = False
+    config.panoptic.enabled = config.contrastive.enabled = False
+    config.masking.small_objects = False
+    config.piecewise.enabled = False
+    return config

@@ -1,6 +1,7 @@
 """Piece-wise (per-instance) pose for dynamic objects (paper Sec. 3.3, Fig. 3; DESIGN.md item 4).
 
-`config.piecewise.enabled` changes how the Monodepth2 family's train step gets its poses:
+`config.piecewise.enabled` makes it the pose source of the step's plug-in protocol
+(jdepth/training/plugins.py), in every recipe family (Monodepth2, students, ManyDepth):
 
 * Global (ego) pose: the pose net on the pair with every thing pixel zeroed in both frames
   (`batch["thing_mask"]`), so moving cars cannot drag the camera motion.
@@ -13,25 +14,22 @@
   instance pairs too; "separate" gives the instances their own PoseNet (params and batch_stats
   under "instance_pose", learning rate of the "pose" group), so the ego pose net never fits
   instance pairs.
-* What the instance call predicts (`config.piecewise.instance_pose`, our choice: the paper does
-  not say). "residual" (default): the object's own motion M in the target camera frame, so the
-  instance's transform is T_global @ M, with T_global held fixed there (stop-gradient: cars do
-  not move the ego pose). The pose decoder starts near identity (outputs x 0.01), so at step 0
-  every instance moves with the camera, exactly the global warp, and a parked car never has to
-  re-learn the ego-motion from a mostly black masked pair. "residual_coupled": the same
-  transform without the stop-gradient, so the car pixels (parked cars: the nearest, most
-  textured, largest-parallax pixels of a street scene) still train the ego pose through
-  T_global @ M, as they do in Monodepth2; a moving car's own motion is M's to explain.
-  "none" (an ablation): no instance call; the ego pose from thing-masked pairs warps every
-  pixel and no pixel is dropped, which isolates what masking the ego pose's input costs.
-  "absolute": the net predicts the whole
-  target->source transform of the instance; it starts at identity (the car pixels do not move,
-  whatever their depth: no depth signal there until the net learns the ego motion from them).
-  Measured (RESULTS.md, issue 7): the thing-masked ego pairs alone cost little (test AbsRel
-  0.295 against 0.263-0.275); the instance branch hurts depth. Parked cars (4 of 5 instances)
-  get residuals of 1.5-2.7x the ego translation: per object the depth / motion trade-off is
-  free, and at this budget the cars carry the parallax signal (Monodepth2 with every thing pixel
-  weighted out fails the same way, 0.507).
+* What the instance call predicts (`config.piecewise.instance_pose`). "absolute" (default, the
+  paper: "instance-wise pose estimation is computed employing the masked instance image"): the
+  net predicts the whole target->source transform of the instance; it starts at identity (the
+  car pixels do not move, whatever their depth: no depth signal there until the net learns the
+  ego motion from them). Deviations, kept as options: "residual": the object's own motion M in
+  the target camera frame, so the instance's transform is T_global @ M, with T_global held fixed
+  there (stop-gradient: cars do not move the ego pose). The pose decoder starts near identity
+  (outputs x 0.01), so at step 0 every instance moves with the camera, exactly the global warp,
+  and a parked car never has to re-learn the ego-motion from a mostly black masked pair.
+  "residual_coupled": the same transform without the stop-gradient, so the car pixels (parked
+  cars: the nearest, most textured, largest-parallax pixels of a street scene) still train the
+  ego pose through T_global @ M, as they do in Monodepth2; a moving car's own motion is M's to
+  explain. "none" (an ablation): no instance call; the ego pose from thing-masked pairs warps
+  every pixel and no pixel is dropped, which isolates what masking the ego pose's input costs.
+  What each mode measured at the demo budget (per object the depth / motion trade-off is free,
+  so parked cars get large residuals): RESULTS.md, issue 7.
 * What the instance call sees (`config.piecewise.instance_input`). "masked" (the paper): both
   frames masked to the instance. It shows the car but neither the background nor the ego
   motion, so the net cannot tell which part of a car's image motion is the camera's (issue 7,
@@ -39,9 +37,7 @@
   masked target instance and the masked source instance carried into the target view by the ego
   pose and the current depth (`ego_warped_slots`, both stop-gradient). A parked car with the
   right depth then lands on itself and a moving one shows only its own motion, which is what
-  the residual M is. Measured (issue 7): better than "masked" in every setting, but it does not
-  separate moving from parked cars: with motion prior 0.1 the median residual |t| is 0.24x the
-  ego translation for parked cars (masked: 0.82x) and 0.30x for moving ones (true: 0.5-1.8x).
+  the residual M is. It does not separate moving from parked cars either (RESULTS.md, issue 7).
 * Warm-up (`config.piecewise.start_step`, 0 = the paper): before it the objective is
   Monodepth2's (unmasked ego pairs, global warp, no pixel dropped; `train_poses`; why:
   jdepth/training/plugin_warmup.py).
@@ -77,11 +73,12 @@ static-scene pairs. Padded slots are all-zero pairs and take part in the instanc
 statistics, so an instance's normalisation depends (smoothly) on how many slots of the batch are
 filled; masked statistics would need a mask threaded through the ResNet encoder.
 
-ManyDepth (not wired here): the multi-frame network's cost volume should keep using the GLOBAL
-pose. At test time no instance masks exist, so a cost volume built with instance poses in
-training would see geometry it never sees at test; moving objects in the cost volume are handled
-by ManyDepth's consistency mask as before. The photometric losses of the mono teacher and of the
-multi-frame student are where the composed warp belongs (same call as here).
+ManyDepth (jdepth/training/manydepth.py): the composed warp serves the photometric losses of the
+mono teacher and of the multi-frame network; the cost volume keeps the GLOBAL pose. At test time
+no instance masks exist, so a cost volume built with instance poses in training would see
+geometry it never sees at test; moving objects in the cost volume are handled by ManyDepth's
+consistency mask as before. After the teacher freeze the pose calls run in eval mode
+(`train_poses(train=False)`).
 """
 
 from __future__ import annotations
@@ -158,12 +155,21 @@ def pipeline_settings(config) -> dict[str, Any]:
 
 
 def _pose_pair(
-    pose_net: nn.Module, params, batch_stats, frame: int, target: jax.Array, source: jax.Array
+    pose_net: nn.Module, params, batch_stats, frame: int, target: jax.Array, source: jax.Array,
+    train: bool = True,
 ) -> tuple[jax.Array, Any]:
-    """T(0 -> frame) ``[N, 4, 4]`` from one train-mode call in Monodepth2's pair order."""
+    """T(0 -> frame) ``[N, 4, 4]`` from one call in Monodepth2's pair order.
+
+    `train` False: eval mode (running statistics, returned unchanged), as a frozen pose net runs.
+    """
     pair = (source, target) if frame < 0 else (target, source)
+    variables = {"params": params, "batch_stats": batch_stats}
+    if not train:
+        (axisangle, translation), _ = pose_net.apply(variables, *pair, train=False)
+        return (geometry.transformation_from_parameters(axisangle, translation, invert=frame < 0),
+                batch_stats)
     ((axisangle, translation), _), updates = pose_net.apply(
-        {"params": params, "batch_stats": batch_stats}, *pair, train=True, mutable=["batch_stats"]
+        variables, *pair, train=True, mutable=["batch_stats"]
     )
     T = geometry.transformation_from_parameters(axisangle, translation, invert=frame < 0)
     return T, updates["batch_stats"]
@@ -176,7 +182,7 @@ def masked_slots(image: jax.Array, masks: jax.Array) -> jax.Array:
 
 def slot_poses(
     pose_net: nn.Module, params, batch_stats, frame: int, target_slots: jax.Array,
-    source_slots: jax.Array,
+    source_slots: jax.Array, train: bool = True,
 ) -> jax.Array:
     """``[B, M, 4, 4]`` poses of ``[B, M, H, W, 3]`` slot pairs, ONE batched call (BN updates
     discarded; padded slots see zero images and their poses must be ignored via the valid flags).
@@ -184,7 +190,7 @@ def slot_poses(
     batch, slots = target_slots.shape[:2]
     T, _ = _pose_pair(
         pose_net, params, batch_stats, frame, target_slots.reshape(-1, *target_slots.shape[2:]),
-        source_slots.reshape(-1, *source_slots.shape[2:]))
+        source_slots.reshape(-1, *source_slots.shape[2:]), train)
     return T.reshape(batch, slots, 4, 4)
 
 
@@ -328,7 +334,7 @@ def predict_piecewise_poses(
 
 
 def _poses(pose_net, params, batch_stats, frames, batch, frame_ids, instance_pose, instance_net,
-           ego_view=None):
+           ego_view=None, train=True):
     """`predict_piecewise_poses` without the batch check and the log scalars.
 
     The fourth output maps each source frame to `ResidualMotions` (None with "none"/"absolute").
@@ -344,7 +350,7 @@ def _poses(pose_net, params, batch_stats, frames, batch, frame_ids, instance_pos
     for f in sorted(k for k in frames if k != 0):
         T, batch_stats = _pose_pair(
             pose_net, params, batch_stats, f, frames[0] * keep[:, index[0]],
-            frames[f] * keep[:, index[f]]
+            frames[f] * keep[:, index[f]], train
         )
         global_poses[f] = T
         if instance_pose == "none":  # the ablation: thing-masked ego pose, global warp
@@ -356,7 +362,7 @@ def _poses(pose_net, params, batch_stats, frames, batch, frame_ids, instance_pos
         source_slots = (masked_slots(frames[f], source_masks) if ego_view is None else
                         ego_warped_slots(frames[f], source_masks, ego_view[0], T, *ego_view[1:]))
         net_T = slot_poses(net, net_params, net_stats, f, masked_slots(frames[0], target_masks),
-                           source_slots)
+                           source_slots, train)
         instance_T = instance_transforms(T, net_T, instance_pose)
         valid = batch["instance_valid"][:, index[f]] & batch["instance_valid"][:, index[0]]
         warp_poses[f] = compose_transforms(T, instance_T, target_masks, valid)
@@ -383,6 +389,7 @@ def train_poses(
     frame_ids: tuple[int, ...], piecewise_config, step: jax.Array,
     instance_net: tuple[nn.Module, Any, Any] | None = None,
     ego_view: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+    train: bool = True,
 ) -> tuple[dict[int, jax.Array], dict[int, jax.Array], Any, dict[str, jax.Array], jax.Array]:
     """The poses of a piece-wise step, with the warm-up `piecewise.start_step`.
 
@@ -398,6 +405,7 @@ def train_poses(
       step: the state's step.
       ego_view: (depth ``[B, H, W, 1]``, K, inv_K) for `instance_input` "ego_warped"; ignored
         with "masked".
+      train: False runs every pose call in eval mode (ManyDepth's frozen pose net).
       Others: as `predict_piecewise_poses`.
 
     Returns:
@@ -428,7 +436,8 @@ def train_poses(
                          "needs ego_view=(depth, K, inv_K) for the ego warp")
     # The log scalars describe the batch's instances, gated or not.
     poses, warp, stats, motions = _poses(
-        pose_net, params, batch_stats, frames, gated, frame_ids, mode, instance_net, ego_view)
+        pose_net, params, batch_stats, frames, gated, frame_ids, mode, instance_net, ego_view,
+        train)
     aux = {**instance_statistics(batch, frame_ids), "piecewise/active": live}
     # Without instance poses every thing pixel has the (global) pose: none is dropped.
     weights = None if mode == "none" else photometric_weights(gated["dropped_mask"])

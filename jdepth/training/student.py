@@ -33,7 +33,7 @@ from flax import linen as nn
 
 from jdepth import geometry
 from jdepth.losses import distillation
-from jdepth.training import checkpoint, monodepth, recipes
+from jdepth.training import checkpoint, monodepth, plugins, recipes
 from jdepth.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -133,7 +133,7 @@ def teacher_depth(teacher: Teacher, variables: dict, frames: dict, K_pyramid: ja
 
 
 def make_distillation_loss(teacher: Teacher, teacher_variables: dict, config):
-    """The `extra_loss_fn` plug-in of `monodepth.train_step` for scale distillation.
+    """The loss of the distillation plug-in (jdepth/training/plugins.py) of the student's step.
 
     Reads `outputs["disps"][0]` (full resolution) and, with the scale head,
     `outputs["depth_aux"]["scale"]`; without one gamma is 1 (plain depth distillation).
@@ -168,12 +168,13 @@ def train_step(
     axis_name: str | None,
 ) -> tuple[TrainState, Metrics]:
     """The Monodepth2 family's step (`monodepth.train_step`) + the distillation plug-in."""
-    extra_loss_fn = None
+    extra = ()
     if TEACHER in networks:
-        extra_loss_fn = make_distillation_loss(networks[TEACHER], state.extra[TEACHER], config)
+        extra = (plugins.Plugin(name="distillation", loss=make_distillation_loss(
+            networks[TEACHER], state.extra[TEACHER], config)),)
     return monodepth.train_step(
         state, batch, rng, networks=_student(networks), config=config, axis_name=axis_name,
-        extra_loss_fn=extra_loss_fn,
+        extra_plugins=extra,
     )
 
 

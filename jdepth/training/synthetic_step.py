@@ -55,6 +55,10 @@ def synthetic_batch(config, seed: int = 0) -> dict:
         batch["panoptic"] = np.broadcast_to(ids, (b, frames, h, w)).copy()
         for key, value in targets.items():
             batch[key] = np.broadcast_to(value, (b,) + value.shape).copy()
+    masking = config.get("masking")
+    if masking is not None and masking.get("small_objects", False):
+        small = instances.small_object_mask(batch["panoptic"][0], float(masking.min_area_fraction))
+        batch["small_object_mask"] = np.broadcast_to(small, (b,) + small.shape).copy()
     return batch
 
 

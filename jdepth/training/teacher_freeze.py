@@ -24,7 +24,8 @@ import optax
 
 from jdepth.training.state import schedule_from_config
 
-TEACHER_NETWORKS = ("mono", "pose")
+# "instance_pose": piece-wise pose's separate instance pose net, frozen with the pose net.
+TEACHER_NETWORKS = ("mono", "pose", "instance_pose")
 
 
 def freeze_step(config) -> int:
@@ -105,7 +106,7 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     )
 
     def group(name: str) -> str:
-        if name == "pose":
+        if name in ("pose", "instance_pose"):  # the Monodepth2 family's pose group, too
             return "pose"
         return "teacher" if name in TEACHER_NETWORKS else "multi"
 
