@@ -275,7 +275,7 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
                          "inv_K": inputs["inv_K"], "index": inputs["index"]}
         if "panoptic" in inputs:
             plugin_inputs["panoptic"] = inputs["panoptic"]
-        plugin = panoptic_plugin.make_extra_loss(networks, config, inputs["step"])
+        plugin = panoptic_plugin.make_extra_loss(networks, config, inputs["step"], axis_name)
         plugin_total, plugin_aux = plugin(
             params, batch_stats, plugin_inputs, outputs, inputs["plugin_rng"])
         total = total + plugin_total

@@ -170,9 +170,12 @@ def automask_active(config, step: jax.Array) -> jax.Array | None:
 
 def photometric_objective(
     disps, frames, pyramid, poses, K, inv_K, sample_keys, config, pixel_weights=None, step=None,
-    depth_frozen_mask=None,
+    depth_frozen_mask=None, axis_name=None,
 ):
-    """The Monodepth2 objective for one set of predictions; returns (total, aux)."""
+    """The Monodepth2 objective for one set of predictions; returns (total, aux).
+
+    `axis_name` (the step's pmap axis, or None): `pixel_weights` then weigh the global batch.
+    """
     sources = {f: img for f, img in frames.items() if f != 0}
     return monodepth_losses.monodepth_loss(
         disps,
@@ -193,6 +196,7 @@ def photometric_objective(
         automask_active=None if step is None else automask_active(config, step),
         depth_frozen_mask=depth_frozen_mask,
         depth_normalization=config.loss.get("depth_normalization", False),
+        axis_name=axis_name,
     )
 
 
@@ -235,7 +239,8 @@ def train_step(
     if issl.is_enabled(config):
         extra_loss_fns.append(issl.make_extra_loss(networks["depth"], config, state.step))
     if panoptic_plugin.is_enabled(config):
-        extra_loss_fns.append(panoptic_plugin.make_extra_loss(networks, config, state.step))
+        extra_loss_fns.append(
+            panoptic_plugin.make_extra_loss(networks, config, state.step, axis_name))
     frames, frames_aug, pyramid, K, inv_K = prepare_batch(batch, config)
     sample_keys = automask_noise_key(step_rng, batch["index"])
     if config.loss.get("v1_multiscale", False):
@@ -292,6 +297,7 @@ def train_step(
             total, aux = photometric_objective(
                 disps, frames, pyramid, warp_poses, K, inv_K, sample_keys, config,
                 pixel_weights=pixel_weights, step=state.step, depth_frozen_mask=depth_frozen_mask,
+                axis_name=axis_name,
             )
         if residual_motions is not None:  # piece-wise pose with residual instance motions
             # Logged whenever there are residual motions; it trains only with a weight.
