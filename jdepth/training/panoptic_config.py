@@ -31,9 +31,10 @@ def panoptic_section() -> config_dict.ConfigDict:
     cfg.num_heads = 8
     cfg.num_cls_fcs = 3  # YOSO Cityscapes (COCO: 1)
     cfg.num_mask_fcs = 3
-    # Class logits / temperature, in the loss and at inference: YOSO's Cityscapes config
-    # (TEMPERATIRE: 0.05; its default 0.1). With the classifier's trunc-normal(0.02) init the logits
-    # at step 0 spread ~4.5 (std) over 20 classes, so each stage's CE starts near 8, as in YOSO.
+    # Class logits / temperature, in the matching, the loss and at inference: YOSO's Cityscapes
+    # config (TEMPERATIRE: 0.05; its default 0.1). With YOSO's classifier init (trunc-normal 0.02,
+    # the same here) 1 / 0.05 spreads the step-0 logits 20x, so the CE starts far above log(20),
+    # as in YOSO (RESULTS.md, "Panoptic loss scale at initialisation").
     cfg.temperature = 0.05
     # Ground-truth segments per image kept as targets (static shapes); <= num_proposals. Images
     # with more are logged as panoptic/truncated.
