@@ -110,7 +110,7 @@ def test_missing_labels_are_reported():
 @pytest.mark.slow
 def test_pmap_two_devices_match_one_device_panoptic_step():
     """The set loss's num_masks and CE weights are summed over the pmap axis and its points are
-    keyed by the samples' split indices: 2 devices (one image each, 4 and 2 segments) take the
+    keyed by the samples' split indices: 2 devices (one image each, 4 and 3 segments) take the
     step of 1 device on the same global batch."""
     config = _config()
     recipe = recipes.get(config.recipe)
