@@ -1,19 +1,11 @@
 """tools/panoptic_loss_scale.py: config overrides and the weighted rows it prints (no step is run)."""
 
-import importlib.util
-import sys
-
 import pytest
-from conftest import REPO, load_config
+from conftest import load_config, load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "panoptic_loss_scale", REPO / "tools" / "panoptic_loss_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["panoptic_loss_scale"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("panoptic_loss_scale")
 
 
 def test_rows_are_lambda_pan_times_term_weight_times_term(capsys):
