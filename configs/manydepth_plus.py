@@ -15,7 +15,10 @@ Choices (see jdepth/models/manydepth_hrnet.py and jdepth/training/manydepth.py):
     gives the consistency mask, the adaptive bins and the pose co-training until the freeze, and
     the step then compiles one HRNet instead of two (each costs minutes and GBs on CPU);
   * the panoptic head reads the multi-frame encoder's features (stem1 and the four stage-4
-    branches), the contrastive loss its decoder features at 1/8, 1/4, 1/2.
+    branches), the contrastive loss its decoder features at 1/8, 1/4, 1/2;
+  * the multi-frame network keeps one Adam through the teacher freeze, so its learning rate
+    drops x0.1 for the last 5 epochs as the paper states (ManyDepth re-creates the optimizer at
+    the freeze and never decays: manydepth.reset_optimizer_at_freeze).
 Not yet in this recipe: piece-wise pose (the manydepth step raises if piecewise.enabled) and
 panoptic-quality evaluation of the multi-frame network (needs lookup frames in the PQ tool).
 The encoder starts from scratch: ImageNet HRNet weights are not downloadable any more; a converted

@@ -183,7 +183,7 @@ def test_manydepth_plus_configs():
     assert set(base) == set(demo)
     assert {k for k in base if base[k] != demo[k]} == {
         "model.depth_arch", "model.msff", "data.load_panoptic", "panoptic.enabled",
-        "contrastive.enabled",
+        "contrastive.enabled", "manydepth.reset_optimizer_at_freeze",  # the paper's schedule
     }
     assert (demo["data.height"], demo["data.width"]) == (64, 192)
     with pytest.raises(ValueError, match="lookup frames"):
