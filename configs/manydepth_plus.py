@@ -30,7 +30,11 @@ from jdepth.training import panoptic_config
 
 
 def add_plus(config):
-    """Turns a ManyDepth config into ManyDepth+ (data, budget and freeze untouched)."""
+    """Turns a ManyDepth config into ManyDepth+ (data, budget and freeze step untouched)."""
+    # The paper's schedule for the multi-frame network (Sec. 4.2.2: lr 1e-4 for 20 epochs, x0.1
+    # for the last 5): one Adam through the freeze, where the released ManyDepth code re-creates
+    # Adam and its StepLR and so never decays (configs/manydepth.py; teacher_freeze.py).
+    config.manydepth.reset_optimizer_at_freeze = False
     m = config.model
     m.depth_arch = "hrnet"
     m.mono_arch = "resnet"
