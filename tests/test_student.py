@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import functools
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import pytest
-
-import jax
-import jax.numpy as jnp
+from conftest import load_config, random_batch
 from flax import linen as nn
 
-from conftest import load_config, random_batch
 from jdepth import geometry
 from jdepth.data import pipeline
 from jdepth.losses.distillation import scale_distillation_loss

@@ -2,7 +2,7 @@
 
     deepest encoder feature [B, h, w, C]   (gradient stopped: the head reads the encoder)
       -> 3 x (3x3 conv + ReLU, `features` channels) -> 3x3 conv to 1 channel (zero-initialised)
-      -> global average pool -> sigmoid s
+      -> global average pool / (9 x features) -> sigmoid s
       -> gamma = gamma_min * (gamma_max / gamma_min) ** s   [B]   (log-uniform in the range)
 
 The paper gives "four 3x3 convolutional layers on encoder-derived features, followed by a global
@@ -21,6 +21,14 @@ sigmoid's log-space mapping are ours (config):
 * The last conv starts at zero, so gamma starts at the range's geometric centre
   sqrt(gamma_min * gamma_max) (1 by default: the student's depth taken as it is) whatever the
   encoder's features are, rather than at a random point of a six-decade range.
+* The pooled output is divided by the last conv's fan-in, 9 x features. Adam moves each of
+  that conv's weights by about lr per step, all in the direction the distillation asks for, so
+  the pooled output moves by about lr x 9 x features x |x| per step, and the L1's gradient keeps
+  its size up to the optimum while Adam's momentum carries it past. Without the division (the
+  128-wide head at lr 2e-4) gamma left 1 at step 20 of a short demo-sized run and sat on
+  gamma_min from step 40 on, where the sigmoid is flat and nothing brings it back (RESULTS.md,
+  issue 24). With it, the same toy that reproduces that trap reaches and tracks its targets
+  (tests/test_student.py).
 * The encoder features enter under stop_gradient. The paper's mechanism is one global factor
   learnt from the teacher on top of the student's relative depth; the head's only training signal
   is the distillation loss, which therefore must not reach the encoder that the photometric loss
@@ -67,12 +75,15 @@ class ScaleHead(nn.Module):
     Attributes:
         features: channels of the three hidden 3x3 convs.
         gamma_min, gamma_max: range of the output scale (log-uniform in the sigmoid).
+        logit_gain: factor on the pooled output before the sigmoid; None: 1 / (9 x features), the
+            last conv's fan-in (module docstring).
         dtype: computation dtype; the scale is returned in float32.
     """
 
     features: int = 128
     gamma_min: float = GAMMA_MIN
     gamma_max: float = GAMMA_MAX
+    logit_gain: float | None = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -90,5 +101,8 @@ class ScaleHead(nn.Module):
                                    name=f"conv{k}", padding=1, zero_init=last)(x)
             if not last:
                 x = nn.relu(x)
-        logit = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+        gain = self.logit_gain
+        if gain is None:
+            gain = 1.0 / (9 * self.features)
+        logit = gain * jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
         return gamma_from_logit(logit, self.gamma_min, self.gamma_max)
