@@ -24,11 +24,11 @@ sigmoid's log-space mapping are ours (config):
 * The pooled output is divided by the last conv's fan-in, 9 x features. Adam moves each of
   that conv's weights by about lr per step, all in the direction the distillation asks for, so
   the pooled output moves by about lr x 9 x features x |x| per step, and the L1's gradient keeps
-  its size up to the optimum while Adam's momentum carries it past. Without the division (the
-  128-wide head at lr 2e-4) gamma left 1 at step 20 of a short demo-sized run and sat on
-  gamma_min from step 40 on, where the sigmoid is flat and nothing brings it back (RESULTS.md,
-  issue 24). With it, the same toy that reproduces that trap reaches and tracks its targets
-  (tests/test_student.py).
+  its size up to the optimum while Adam's momentum carries it past. Without the division the
+  128-wide head at the demo's learning rate overshot onto gamma_min in a short demo-sized run and
+  stayed there, where the sigmoid is flat; with it, it follows a x10 jump of the student's depth
+  without touching the floor (tests/test_scale_head.py), but in that short run it stalled near 1
+  instead (RESULTS.md, issue 24: not yet a robust learner of the factor).
 * The encoder features enter under stop_gradient. The paper's mechanism is one global factor
   learnt from the teacher on top of the student's relative depth; the head's only training signal
   is the distillation loss, which therefore must not reach the encoder that the photometric loss
