@@ -30,16 +30,20 @@ def add_student(config, scale_aware: bool = False):
     m.hrnet_normalize_input = True  # (x - 0.45) / 0.225 as the ResNet encoder; DIFFNet: False
     m.scale_head = scale_aware
     m.scale_head_features = 128  # hidden width of its 3x3 convs (the paper gives none)
-    # gamma = gamma_min + (gamma_max - gamma_min) * sigmoid: the student's relative depth lies in
-    # [0.1, 100] like the teacher's, so two decades either way cover any scale mismatch.
-    m.gamma_min = 0.1
-    m.gamma_max = 10.0
+    # gamma = gamma_min * (gamma_max / gamma_min) ** sigmoid(logit), starting at their geometric
+    # mean 1 (jdepth/models/scale_head.py): log-uniform, so a teacher/student ratio of 0.05 or 58
+    # (an un-metric teacher on the synthetic suite) lies well inside, three decades either way.
+    m.gamma_min = 1e-3
+    m.gamma_max = 1e3
 
     d = config.distill = config_dict.ConfigDict()
     d.teacher_workdir = config_dict.placeholder(str)  # a trained manydepth(_plus) workdir
     d.teacher_step = config_dict.placeholder(int)  # None: its latest checkpoint
     d.weight = 0.5  # L1(gamma * D_student, D_teacher) (paper Sec. 4.2.3)
-    d.depth_gradient = True  # False: distillation only trains the scale head
+    # False: the distillation trains gamma only, D_s learns from the photometric loss alone (the
+    # paper's one global factor). True: it also trains D_s (dense depth distillation; then the
+    # split of the scale between gamma and D_s is arbitrary). jdepth/training/student.py.
+    d.depth_gradient = False
 
     config.eval.absolute_depth = scale_aware  # Student-II: gamma * depth, no median scaling
     return config

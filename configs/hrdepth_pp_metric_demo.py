@@ -6,7 +6,8 @@
 
 configs/hrdepth_pp_demo.py with the paper's panoptic-derived components off (the suite's `hrdepth_pp` entry does the
 same, to halve the CPU cost) and the student's depth heads starting at 10 m like the teacher's
-(jdepth/training/metric_init.py), so the scale head's gamma (in [0.1, 10]) can bridge the rest.
+(jdepth/training/metric_init.py), so the scale head (gamma 1 at the start) starts near the
+teacher's scale.
 The student has no speed loss: its metric scale comes from the teacher through gamma, as in the
 paper. Evaluation is absolute (gamma x depth, no median scaling).
 """

@@ -48,7 +48,9 @@ def add_manydepth(config):
     # The teacher's photometric loss: "masked_mean" over the pixels the reprojection wins (the
     # reference) or "min", Monodepth2's mean of min(reprojection, identity) (manydepth_demo.py).
     c.teacher_reduction = "masked_mean"
-    c.reset_optimizer_at_freeze = True  # the reference re-creates Adam + StepLR at the freeze
+    # The released code re-creates Adam + StepLR at the freeze, so the multi-frame network never
+    # sees the decay (jdepth/training/teacher_freeze.py); ManyDepth+ sets False (the paper's x0.1).
+    c.reset_optimizer_at_freeze = True
     c.matching_augmentation = True
     c.static_camera_prob = 0.25
     c.zero_cost_volume_prob = 0.25

@@ -18,7 +18,10 @@ Choices (see jdepth/models/manydepth_hrnet.py, jdepth/training/manydepth.py and 
   * the panoptic head reads the multi-frame encoder's features (stem1 and the four stage-4
     branches), the contrastive loss its decoder features at 1/8, 1/4, 1/2;
   * piece-wise pose and small-object masking weight both photometric losses (teacher and
-    multi-frame); the cost volume matches with the global (ego) pose.
+    multi-frame); the cost volume matches with the global (ego) pose;
+  * the multi-frame network keeps one Adam through the teacher freeze, so its learning rate
+    drops x0.1 for the last 5 epochs as the paper states (ManyDepth re-creates the optimizer at
+    the freeze and never decays: manydepth.reset_optimizer_at_freeze).
 Not yet: panoptic-quality evaluation of the multi-frame network (needs lookup frames in the PQ
 tool).
 The encoder starts from scratch: ImageNet HRNet weights are not downloadable any more; a converted
@@ -30,7 +33,11 @@ from jdepth.training import panoptic_config
 
 
 def add_plus(config):
-    """Turns a ManyDepth config into ManyDepth+ (data, budget and freeze untouched)."""
+    """Turns a ManyDepth config into ManyDepth+ (data, budget and freeze step untouched)."""
+    # The paper's schedule for the multi-frame network (Sec. 4.2.2: lr 1e-4 for 20 epochs, x0.1
+    # for the last 5): one Adam through the freeze, where the released ManyDepth code re-creates
+    # Adam and its StepLR and so never decays (configs/manydepth.py; teacher_freeze.py).
+    config.manydepth.reset_optimizer_at_freeze = False
     m = config.model
     m.depth_arch = "hrnet"
     m.mono_arch = "resnet"

@@ -21,7 +21,7 @@ from conftest import tiny_config
 from jdepth.models.depth_decoder import DepthNet
 from jdepth.models.diffnet_decoder import DiffNetDecoder, HRDepthNet
 from jdepth.models.hrnet import HRNetEncoder, NUM_CH_ENC, upsample_bilinear_aligned
-from jdepth.models.scale_head import ScaleHead, gamma_from_logit
+from jdepth.models.scale_head import ScaleHead, gamma_from_logit, logit_from_gamma
 from jdepth.training import monodepth
 
 # timm hrnet_w18 with features_only=True (the modules DIFFNet's encoder has: stem, layer1,
@@ -133,16 +133,26 @@ def test_bilinear_aligned_upsampling_reproduces_a_linear_ramp_and_corners():
 
 
 def test_scale_head_output_lies_in_the_configured_range():
+    # Log-uniform in the range: logit 0 is the geometric centre.
     np.testing.assert_allclose(gamma_from_logit(jnp.array([-1e4, 0.0, 1e4]), 0.5, 2.5),
-                               [0.5, 1.5, 2.5], rtol=1e-6)
+                               [0.5, np.sqrt(0.5 * 2.5), 2.5], rtol=1e-6)
+    for ratio in (0.05, 58.0):
+        logit = logit_from_gamma(ratio, 1e-3, 1e3)
+        np.testing.assert_allclose(gamma_from_logit(logit, 1e-3, 1e3), ratio, rtol=1e-5)
     head = ScaleHead(features=8, gamma_min=0.5, gamma_max=2.5)
     features = jax.random.normal(jax.random.key(1), (3, 2, 6, 144)) * jnp.array([1.0, 100.0, 1e4])[
         :, None, None, None
     ]
     variables = head.init(jax.random.key(0), features)
-    gamma = head.apply(variables, features)
+    # The last conv starts at zero: gamma starts at the centre whatever the features.
+    np.testing.assert_allclose(head.apply(variables, features), np.full(3, np.sqrt(1.25)),
+                               rtol=1e-6)
+    params = jax.tree_util.tree_map(lambda x: x, variables["params"])
+    params["conv3"]["kernel"] = jax.random.normal(jax.random.key(2), params["conv3"]["kernel"].shape)
+    gamma = head.apply({"params": params}, features)
     assert gamma.shape == (3,) and gamma.dtype == jnp.float32
     assert np.all((np.asarray(gamma) >= 0.5) & (np.asarray(gamma) <= 2.5))
+    assert len(set(np.asarray(gamma).tolist())) == 3
     # Four 3x3 convs: 144 -> 8 -> 8 -> 8 -> 1.
     assert _count(variables["params"]) == (9 * 144 * 8 + 8) + 2 * (9 * 8 * 8 + 8) + (9 * 8 + 1)
     with pytest.raises(ValueError, match="gamma_min"):

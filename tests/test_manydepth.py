@@ -359,6 +359,55 @@ def test_optimizer_freezes_teacher_and_restarts_multi_frame_adam():
     assert float(teacher_freeze.multi_learning_rate(config, 1, 3)) == pytest.approx(lr)
 
 
+@pytest.mark.parametrize("name", ["manydepth", "manydepth_plus", "manydepth_demo",
+                                  "manydepth_plus_demo"])
+def test_multi_frame_learning_rate_of_each_recipe(name):
+    """The multi-frame network's updates through the recipe's optimizer, against plain Adam.
+
+    ManyDepth (the released code): Adam at lr until the freeze, then a fresh Adam at lr again (the
+    re-created optimizer and StepLR), so it never decays. ManyDepth+ (Shyam et al. Sec. 4.2.2):
+    one Adam, at lr x0.1 for the last 5 epochs (the demos: the last 1 of 6).
+    """
+    config = load_config(name)
+    paper = name.startswith("manydepth_plus")
+    assert config.manydepth.reset_optimizer_at_freeze is not paper  # set by each recipe
+    steps_per_epoch = config.train.steps_per_epoch = 2  # the train loop sets it likewise
+    epochs = config.train.num_epochs
+    decay_epoch = config.optim.decay_epochs[0]
+    assert epochs - decay_epoch == (1 if name.endswith("demo") else 5)
+    freeze = config.manydepth.freeze_teacher_epoch * steps_per_epoch
+    total, lr = epochs * steps_per_epoch, config.optim.lr
+
+    tx = teacher_freeze.make_optimizer(config, steps_per_epoch)
+    params = {k: {"w": jnp.zeros(3)} for k in ("depth", "mono", "pose")}
+    state = tx.init(params)
+    rng = np.random.default_rng(0)
+    grads = [jnp.asarray(rng.normal(0, 1, 3) * rng.uniform(0.1, 10)) for _ in range(total)]
+    got = []
+    for g in grads:
+        updates, state = tx.update({k: {"w": g} for k in params}, state, params)
+        got.append(np.asarray(updates["depth"]["w"]))
+        assert np.all(np.asarray(updates["mono"]["w"]) == 0) == (len(got) > freeze)
+
+    def adam_updates(schedule, gs):
+        ref = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
+        ref_state, out = ref.init(jnp.zeros(3)), []
+        for g in gs:
+            u, ref_state = ref.update(g, ref_state)
+            out.append(np.asarray(u))
+        return out
+
+    if paper:
+        decay_step = decay_epoch * steps_per_epoch
+        expected = adam_updates(lambda step: jnp.where(step < decay_step, lr, 0.1 * lr), grads)
+    else:  # the decay epoch lies after the freeze: the restarted schedule never reaches it
+        assert epochs - config.manydepth.freeze_teacher_epoch <= decay_epoch
+        expected = adam_updates(lr, grads[:freeze]) + adam_updates(lr, grads[freeze:])
+    np.testing.assert_allclose(np.stack(got), np.stack(expected), rtol=1e-5, atol=1e-12)
+    last = float(teacher_freeze.multi_learning_rate(config, steps_per_epoch, total - 1))
+    assert last == pytest.approx(0.1 * lr if paper else lr)
+
+
 # ------------------------------------------------------------------------------- train step
 def _run_steps(variables, mode, devices, steps=3):
     """Jitted steps with the teacher frozen after the first: (states, metrics, traces).

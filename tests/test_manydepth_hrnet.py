@@ -185,6 +185,7 @@ def test_manydepth_plus_configs():
         "model.depth_arch", "model.msff", "data.load_panoptic", "panoptic.enabled",
         "contrastive.enabled", "piecewise.enabled", "masking.small_objects",
         "model.cost_volume_gradient",
+        "manydepth.reset_optimizer_at_freeze",  # the paper's schedule
     }
     assert (demo["data.height"], demo["data.width"]) == (64, 192)
     with pytest.raises(ValueError, match="lookup frames"):

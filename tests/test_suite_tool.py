@@ -59,6 +59,7 @@ def test_results_page_tables(tmp_path):
         if absolute:
             ev["regions_absolute"] = {"all": {**metrics, "scale_ratio_median": 1.02,
                                               "scale_ratio_std": 0.05}}
+            ev["scale"] = {"gamma_mean": 12.5, "gamma_std": 0.25}
         return {"train": {**metrics, "abs_rel": abs_rel, "wall_seconds": 600.0,
                           "baseline_mean_depth": {**metrics, "abs_rel": 0.357}}, "eval": ev}
 
@@ -83,8 +84,8 @@ def test_results_page_tables(tmp_path):
     assert "Training all 3 runs took 0.5 h of wall time in total" in text
     assert "| `a` | 0.286 | 0.372 | 0.400 |" in text
     assert "| baseline | 0.347 | 0.577 | 0.446 |" in text
-    # Absolute table: absolute abs_rel and a1, the median-scaled abs_rel, the scale ratio.
-    assert "| `b` | 0.250 | 0.600 | 0.270 | 1.020 | 0.050 |" in text
+    # Absolute table: absolute abs_rel and a1, the median-scaled abs_rel, the scale ratio, gamma.
+    assert "| `b` | 0.250 | 0.600 | 0.270 | 1.020 | 0.050 | 12.500 | 0.250 |" in text
     assert "| `b` | 41.5 | 70.0 | 55.0 | 20.0 | 50.0 |" in text
     assert "![suite](fig.png)" in text
     assert "| `a` | 0.095 | 1.266 | 0.688 | 0.059 | 0.000 |" in text  # cost volume table

@@ -12,7 +12,8 @@ restarted at will. Then every run is evaluated the same way:
     the "average training depth map" baseline;
   * jdepth/eval/regions.py with the exact dense depth: all pixels, independently moving cars,
     a 3-pixel band around thing-instance edges and the static background (stuff pixels; AbsRel);
-  * for absolute-depth recipes, the same without median scaling;
+  * for absolute-depth recipes, the same without median scaling, and for Student-II the scale
+    head's gamma over the test frames (mean, standard deviation, range);
   * PQ (things / stuff) for runs with the panoptic head;
   * the wall time of each run.
 
@@ -252,7 +253,8 @@ def evaluate(entry: Entry, runs: str) -> dict:
     if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(final):
         with open(cache) as f:
             out = json.load(f)
-        if set(REGIONS) <= set(out["regions"]):
+        scale_missing = "regions_absolute" in out and "scale" not in out  # an older cache
+        if set(REGIONS) <= set(out["regions"]) and not scale_missing:
             return out
         out.update(_evaluate_regions(workdir))  # a region added since: only regions again
     else:
@@ -287,7 +289,40 @@ def _evaluate_regions(workdir: str, predictor=None) -> dict:
     if predictor.absolute:
         out["regions_absolute"] = regions.evaluate_regions(
             predictor, root, split, gt_kind="dense", median_scaling=False)
+    if predictor.config.model.get("scale_head", False):
+        out["scale"] = scale_statistics(predictor, root, kitti.read_split_file(split))
     return out
+
+
+def scale_statistics(predictor, root: str, refs, batch_size: int = 8) -> dict:
+    """Student-II's gamma over the frames `refs`: mean, std, min, max (and the frame count).
+
+    The paper's factor is one global scale for a monocular video; the spread over a drive's
+    frames says how close the per-image head comes to that.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from jdepth.eval import depth_eval
+    from jdepth.training import student
+
+    config = predictor.config
+    networks = predictor.recipe.build_networks(config, bn_axis_name=None)
+    scale = jax.jit(lambda params, stats, images: student.predict_scale(
+        params, stats, images, networks=networks, config=config))
+    gammas = []
+    for start in range(0, len(refs), batch_size):
+        chunk = depth_eval.load_split_images(root, refs[start:start + batch_size])
+        images = np.stack([predictor.preprocess(im) for im in chunk])
+        n = len(images)
+        if n < batch_size:  # pad: one compiled shape
+            images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, 0)])
+        out = scale(predictor.params, predictor.batch_stats, jnp.asarray(images))
+        gammas.append(np.asarray(out)[:n])
+    gamma = np.concatenate(gammas).astype(np.float64)
+    return {"gamma_mean": float(gamma.mean()), "gamma_std": float(gamma.std()),
+            "gamma_min": float(gamma.min()), "gamma_max": float(gamma.max()),
+            "frames": int(gamma.size)}
 
 
 def cost_volume_accuracy(workdir: str) -> dict:
@@ -407,15 +442,19 @@ def write_results(entries, results: dict, baseline: dict, path: str,
         lines += ["", "## Absolute depth (no median scaling)", "",
                   "Exact dense depth, all pixels: the prediction as it is against the same "
                   "prediction median-scaled per image. The scale ratio is median(GT) / "
-                  "median(prediction) per image (1 = metric).", "",
+                  "median(prediction) per image (1 = metric). gamma: the scale head's output "
+                  "over the test frames, mean and standard deviation ('-': not recorded).", "",
                   "| recipe | abs_rel absolute | a1 absolute | abs_rel median-scaled | "
-                  "scale ratio (median) | std |", "|---|---|---|---|---|---|"]
+                  "scale ratio (median) | std | gamma mean | gamma std |",
+                  "|---|---|---|---|---|---|---|---|"]
         for e in absolute:
             a = results[e.name]["eval"]["regions_absolute"]["all"]
             m = results[e.name]["eval"]["regions"]["all"]
+            g = results[e.name]["eval"].get("scale", {})
             lines.append(f"| `{e.name}` | {_fmt(a['abs_rel'])} | {_fmt(a['a1'])} | "
                          f"{_fmt(m['abs_rel'])} | {_fmt(a['scale_ratio_median'])} | "
-                         f"{_fmt(a['scale_ratio_std'])} |")
+                         f"{_fmt(a['scale_ratio_std'])} | {_fmt(g.get('gamma_mean'))} | "
+                         f"{_fmt(g.get('gamma_std'))} |")
     matching = [e for e in entries if results[e.name]["eval"].get("cost_volume")]
     if matching:
         lines += ["", "## Cost volume (tools/cost_volume_accuracy.py)", "",

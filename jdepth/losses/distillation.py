@@ -2,8 +2,15 @@
 
 The single-frame student predicts scale-invariant depth D_s and a global scale gamma; its absolute
 depth gamma * D_s is pulled towards the frozen teacher's depth D_t with an L1 loss, weight 0.5 in
-the paper. The teacher's depth carries the scale (ManyDepth's cost volume is built with the pose
-net's translation; the speed loss makes it metric, DESIGN.md item 8), so gamma learns it.
+the paper ("knowledge distillation framework, enforced via L_1 loss", Sec. 3.4). The teacher's
+depth carries the scale (ManyDepth's cost volume is built with the pose net's translation; the
+speed loss makes it metric, DESIGN.md item 8), so gamma learns it.
+
+What the loss trains is the caller's choice (jdepth/training/student.py): in the paper's mechanism
+D_s arrives under stop_gradient and only gamma learns. Per image, the minimiser of
+sum_i |gamma D_s,i - D_t,i| over gamma is the median of the pixel ratios D_t,i / D_s,i weighted
+by D_s,i: the teacher/student median ratio when the two depth maps differ by a factor and noise
+that does not depend on depth.
 """
 
 from __future__ import annotations
@@ -18,15 +25,17 @@ def scale_distillation_loss(
     """Mean |gamma * D_s - D_t| over all pixels of the batch (unweighted).
 
     Args:
-        student_depth: `[B, H, W, 1]` scale-invariant student depth.
+        student_depth: `[B, H, W, 1]` scale-invariant student depth (stop its gradient to train
+            only gamma).
         gamma: `[B]` global scale per image.
         teacher_depth: `[B, H, W, 1]` teacher depth (the caller stops its gradient).
 
     Returns:
-        (loss, aux): the scalar L1 and logged scalars "distill/l1", "distill/gamma" (batch mean),
-        "distill/teacher_depth" and "distill/student_depth" (means of D_t and gamma * D_s), and
-        "distill/median_ratio": the batch mean of per-image median(D_t) / median(gamma * D_s),
-        1 once the student's absolute scale matches the teacher's.
+        (loss, aux): the scalar L1 and logged scalars "distill/l1", "distill/gamma" and
+        "distill/gamma_std" (batch mean and standard deviation), "distill/teacher_depth" and
+        "distill/student_depth" (means of D_t and gamma * D_s), and "distill/median_ratio": the
+        batch mean of per-image median(D_t) / median(gamma * D_s), 1 once the student's absolute
+        scale matches the teacher's.
     """
     if student_depth.shape != teacher_depth.shape or student_depth.ndim != 4:
         raise ValueError(
@@ -46,6 +55,7 @@ def scale_distillation_loss(
     aux = {
         "distill/l1": loss,
         "distill/gamma": jnp.mean(gamma),
+        "distill/gamma_std": jax.lax.stop_gradient(jnp.std(gamma.astype(jnp.float32))),
         "distill/teacher_depth": jnp.mean(teacher),
         "distill/student_depth": jnp.mean(absolute),
         "distill/median_ratio": jax.lax.stop_gradient(jnp.mean(ratio)),

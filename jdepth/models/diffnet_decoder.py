@@ -38,7 +38,7 @@ from jdepth.models.layers import (
     torch_default_kernel_init,
     upsample_nearest_2x,
 )
-from jdepth.models.scale_head import ScaleHead
+from jdepth.models.scale_head import GAMMA_MAX, GAMMA_MIN, ScaleHead
 
 Dtype = Any
 
@@ -145,7 +145,8 @@ class HRDepthNet(nn.Module):
         scales: disparity output levels.
         normalize_input: the encoder's `(x - 0.45) / 0.225` (see jdepth/models/hrnet.py).
         scale_head: add the global scale head (Student-II) on the deepest encoder feature.
-        scale_head_features, gamma_min, gamma_max: its hidden width and output range.
+        scale_head_features, gamma_min, gamma_max: its hidden width and output range (the head
+            reads the deepest encoder feature under stop_gradient: jdepth/models/scale_head.py).
         bn_axis_name: pmap axis for synchronised BatchNorm (None: per-device statistics).
         dtype: computation dtype; parameters float32, disparities float32.
     """
@@ -154,8 +155,8 @@ class HRDepthNet(nn.Module):
     normalize_input: bool = True
     scale_head: bool = False
     scale_head_features: int = 128
-    gamma_min: float = 0.1
-    gamma_max: float = 10.0
+    gamma_min: float = GAMMA_MIN
+    gamma_max: float = GAMMA_MAX
     bn_axis_name: str | None = None
     dtype: Dtype = jnp.float32
 

@@ -11,8 +11,19 @@ DIFFNet decoder for the paper's students). Student-II adds:
   with its lookup frames, in eval mode and without gradient, and the plug-in adds
   `distill.weight` x L1(gamma x D_s, D_t) (jdepth/losses/distillation.py, weight 0.5).
 
+What the distillation trains (`distill.depth_gradient`):
+
+* False (the paper's mechanism, the default): only gamma. D_s enters the L1 under stop_gradient
+  and the scale head reads the encoder under stop_gradient (jdepth/models/scale_head.py, in both
+  settings), so the depth network learns from the photometric objective alone and one global
+  factor, learnt from the teacher, makes its relative depth absolute ("This pseudo-absolute
+  depth can then be harnessed to train a single global scale factor", Sec. 3.4).
+* True (a deviation, kept as an ablation): the L1 also trains D_s, i.e. dense depth distillation.
+  The photometric loss is invariant to scaling depth and translation together, so every split of
+  the scale between gamma and D_s then has the same loss and gradient: gamma is not identifiable.
+
 Evaluation of Student-II is absolute: `predict_disparity` returns 1 / (gamma x D_s) and
-`config.eval.absolute_depth` switches the median scaling off.
+`config.eval.absolute_depth` switches the median scaling off; `predict_scale` gives gamma alone.
 
 Where the teacher lives: its variables are `state.extra["teacher"]` ({params, batch_stats,
 extra} as its checkpoint stores them), i.e. arguments of the compiled step. Closing over them
@@ -132,28 +143,41 @@ def teacher_depth(teacher: Teacher, variables: dict, frames: dict, K_pyramid: ja
     return jax.lax.stop_gradient(1.0 / scaled_disp)
 
 
-def make_distillation_loss(teacher: Teacher, teacher_variables: dict, config):
-    """The loss of the distillation plug-in (jdepth/training/plugins.py) of the student's step.
+def distillation_term(outputs: dict, target: jax.Array, config) -> tuple[jax.Array, Metrics]:
+    """`distill.weight` x L1(gamma x D_s, D_t) of a depth-network output and the teacher's depth.
 
-    Reads `outputs["disps"][0]` (full resolution) and, with the scale head,
-    `outputs["depth_aux"]["scale"]`; without one gamma is 1 (plain depth distillation).
+    Args:
+        outputs: the step's outputs: `outputs["disps"][0]` (full-resolution sigmoid disparity)
+            and, with the scale head, `outputs["depth_aux"]["scale"]` (gamma `[B]`); without one
+            gamma is 1 (plain depth distillation, which needs `distill.depth_gradient`).
+        target: `[B, H, W, 1]` teacher depth (`teacher_depth`).
+        config: the run's config (`model.min_depth`, `model.max_depth`, the `distill` section).
+
+    Returns:
+        (weighted loss, logged scalars incl. "distill": the weighted loss).
     """
+    _, student = geometry.disp_to_depth(
+        outputs["disps"][0], config.model.min_depth, config.model.max_depth
+    )
+    gamma = outputs["depth_aux"].get("scale")
+    if gamma is None:
+        gamma = jnp.ones(student.shape[:1], jnp.float32)
+    if not config.distill.get("depth_gradient", False):
+        # The paper's mechanism: the teacher trains the global factor only (module docstring).
+        student = jax.lax.stop_gradient(student)
+    raw, aux = distillation.scale_distillation_loss(student, gamma, target)
+    weighted = config.distill.weight * raw
+    return weighted, {**aux, "distill": weighted}
+
+
+def make_distillation_loss(teacher: Teacher, teacher_variables: dict, config):
+    """The `extra_loss_fn` plug-in of `monodepth.train_step` for scale distillation."""
 
     def extra_loss(params, batch_stats, inputs, outputs, rng):
         del params, batch_stats, rng
         target = teacher_depth(teacher, teacher_variables, inputs["frames"], inputs["K_pyramid"],
                                inputs["inv_K_pyramid"])
-        _, student = geometry.disp_to_depth(
-            outputs["disps"][0], config.model.min_depth, config.model.max_depth
-        )
-        gamma = outputs["depth_aux"].get("scale")
-        if gamma is None:
-            gamma = jnp.ones(student.shape[:1], jnp.float32)
-        if not config.distill.get("depth_gradient", True):
-            student = jax.lax.stop_gradient(student)  # distillation trains only the scale head
-        raw, aux = distillation.scale_distillation_loss(student, gamma, target)
-        weighted = config.distill.weight * raw
-        return weighted, {**aux, "distill": weighted}
+        return distillation_term(outputs, target, config)
 
     return extra_loss
 
@@ -190,6 +214,17 @@ def predict_disparity(
     )
 
 
+def predict_scale(params, batch_stats, images: jax.Array, *, networks, config) -> jax.Array:
+    """The scale head's gamma, `[B]` float32 (eval mode): the global factor of Student-II."""
+    del config
+    depth_net = _student(networks)["depth"]
+    variables = {"params": params["depth"], "batch_stats": batch_stats["depth"]}
+    _, aux = depth_net.apply(variables, images, train=False)
+    if "scale" not in aux:
+        raise ValueError("predict_scale needs the scale head (config.model.scale_head)")
+    return aux["scale"]
+
+
 def _check_config(config, t_config) -> None:
     scale_head = bool(config.model.get("scale_head", False))
     if scale_head and t_config is None:
@@ -201,6 +236,12 @@ def _check_config(config, t_config) -> None:
         raise ValueError("config.eval.absolute_depth needs the scale head (config.model.scale_head)")
     if t_config is None:
         return
+    if not scale_head and not config.distill.get("depth_gradient", False):
+        raise ValueError(
+            "without config.model.scale_head the distillation only reaches the student through "
+            "its depth: set --config.distill.depth_gradient=True (dense depth distillation) or turn "
+            "the scale head on"
+        )
     size, t_size = (config.data.height, config.data.width), (t_config.data.height,
                                                             t_config.data.width)
     if size != t_size:

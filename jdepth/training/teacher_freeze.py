@@ -7,11 +7,16 @@ whole run, so the train step compiles once:
 
   * teacher and pose params: Adam, multiplied by 0 from the freeze step on (``freeze_after``):
     their values stay bit-exact (the train step also gives them zero gradients then);
-  * multi-frame params: Adam whose state, including the schedule's step count, is reset to a
-    fresh one at the freeze step (``restart_at``), i.e. the re-created optimizer. With the
-    reference's 20 epochs and StepLR(15) the multi-frame network therefore never sees the decayed
-    learning rate (REFERENCE_FACTS 2.6, "my reading of the code"); ``reset_optimizer_at_freeze``
-    = False keeps one Adam and one schedule instead.
+  * multi-frame params, by ``manydepth.reset_optimizer_at_freeze``:
+      - True (the released code; configs/manydepth.py): Adam whose state, including the
+        schedule's step count, is reset to a fresh one at the freeze step (``restart_at``), i.e.
+        the re-created optimizer. With the reference's 20 epochs and StepLR(15) the multi-frame
+        network therefore never sees the decayed learning rate (REFERENCE_FACTS 2.6, "my reading
+        of the code");
+      - False (Shyam et al.'s ManyDepth+; configs/manydepth_plus.py): one Adam and one schedule
+        for the whole run, so the multi-frame network gets lr x0.1 for the last 5 epochs as the
+        paper states (Sec. 4.2.2: "a learning rate of 0.0001 for 20 epochs and reduce the
+        learning rate by 0.1 for the last 5 epochs"; it says nothing of a re-created optimizer).
 """
 
 from __future__ import annotations
