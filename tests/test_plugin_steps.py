@@ -127,6 +127,7 @@ def test_every_plugin_in_the_student_step_with_distillation(tmp_path):
     config = _tiny_plugins(load_config("hrdepth_plus_demo"))
     config.model.depth_arch = "resnet"  # the same step; a ResNet keeps the compile short
     config.distill.teacher_workdir = str(tmp_path)
+    config.distill.depth_gradient = True  # no scale head on a ResNet: dense depth distillation
     batches = [_labelled_batch(config, seed=i) for i in range(2)]
     states, metrics, traces = _run(student, config, batches)
     assert traces == 1

@@ -171,7 +171,7 @@ def distillation_term(outputs: dict, target: jax.Array, config) -> tuple[jax.Arr
 
 
 def make_distillation_loss(teacher: Teacher, teacher_variables: dict, config):
-    """The `extra_loss_fn` plug-in of `monodepth.train_step` for scale distillation."""
+    """The loss of the distillation plug-in (jdepth/training/plugins.py) of the student's step."""
 
     def extra_loss(params, batch_stats, inputs, outputs, rng):
         del params, batch_stats, rng
