@@ -168,6 +168,19 @@ def get_config():
     config.train.eval_max_images = 0  # 0: the whole val split
     config.train.progress_bar = True
 
+    # Multi-process runs (README "Multi-host training"; jdepth/training/distributed.py). Unset,
+    # the layout comes from the environment ($JDEPTH_NUM_PROCESSES, ..., or an `srun` step of
+    # several tasks); none of it is part of what is trained, so a run may resume on another
+    # process count.
+    config.distributed = config_dict.ConfigDict()
+    config.distributed.coordinator_address = ""  # host:port of process 0
+    config.distributed.num_processes = 0  # 0: from the environment (1 without one)
+    config.distributed.process_id = -1  # -1: from the environment
+    config.distributed.local_device_ids = ""  # e.g. "0,1,2,3": this process's GPUs ("": JAX's)
+    config.distributed.auto_detect = True  # read SLURM's variables in an `srun` step
+    # Process 0 evaluates the test split alone after training; the others wait this long for it.
+    config.distributed.shutdown_timeout_seconds = 1800
+
     config.eval = config_dict.ConfigDict()
     config.eval.absolute_depth = False  # True: no median scaling (scale-aware recipes)
     return config

@@ -65,6 +65,20 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # Orbax logs every save step at INFO through absl; keep the console for progress and results.
     absl_logging.set_verbosity(absl_logging.WARNING)
+    from jdepth.training import distributed
+
+    # Before any other JAX call: the backend is built with the distributed client (README,
+    # "Multi-host training"); a single-process run starts nothing here.
+    try:
+        layout = distributed.initialize_from_config(_CONFIG.value)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(USAGE_ERROR)
+    if layout is not None:
+        import jax
+
+        print(f"process {jax.process_index()} of {jax.process_count()} ({layout.source}): "
+              f"{jax.local_device_count()} local of {jax.device_count()} devices", flush=True)
     from jdepth.data.validate import ValidationError
     from jdepth.training.checkpoint import CheckpointMismatchError, CheckpointWriteError
     from jdepth.training.loop import train_and_evaluate

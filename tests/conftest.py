@@ -24,6 +24,17 @@ def load_config(name: str):
     return module.get_config()
 
 
+def load_tool(name: str):
+    """tools/<name>.py as a module (registered in sys.modules, as dataclasses there need)."""
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_config(height: int = 64, width: int = 96, batch_size: int = 4):
     """The Monodepth2 recipe at a tiny resolution for fast tests."""
     config = load_config("monodepth2")

@@ -9,8 +9,9 @@ import optax
 import pytest
 from conftest import load_config, random_batch, tiny_config
 from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fixture)
+from parity_helpers import max_diff, one_vs_two_devices
 
-from jdepth.training import monodepth, panoptic_config
+from jdepth.training import monodepth, panoptic_config, recipes
 from jdepth.training import panoptic as panoptic_plugin
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
@@ -104,3 +105,31 @@ def test_missing_labels_are_reported():
     extra = panoptic_plugin.make_extra_loss(networks, config, 0)
     with pytest.raises(ValueError, match="load_panoptic"):
         extra({}, {}, {"frames": {}}, {}, jax.random.PRNGKey(0))
+
+
+@pytest.mark.slow
+def test_pmap_two_devices_match_one_device_panoptic_step():
+    """The set loss's num_masks and CE weights are summed over the pmap axis and its points are
+    keyed by the samples' split indices: 2 devices (one image each, 4 and 3 segments) take the
+    step of 1 device on the same global batch."""
+    config = _config()
+    recipe = recipes.get(config.recipe)
+    shapes = jax.eval_shape(functools.partial(
+        recipe.init_variables, recipe.build_networks(config), config), jax.random.PRNGKey(0))
+    params, batch_stats = fill_like(shapes)
+    batch = random_batch(config, 2, seed=0)
+    labels = _labels(2, len(config.data.frame_ids))
+    labels[1][labels[1] == 13002] = 0  # image 1: one car fewer (sky, road, a car)
+    batch["panoptic"] = labels
+    batch["index"] = np.array([7, 3], np.int32)
+    (single, m1), (double, m2) = one_vs_two_devices(recipe, config, params, batch_stats, [batch])
+    names = ["loss", "panoptic", "contrastive"] + [
+        f"panoptic/s{s}_{t}" for s in range(3) for t in ("ce", "mask", "dice")
+        if f"panoptic/s{s}_{t}" in m1[0]]
+    for name in names:
+        assert m2[0][name] == pytest.approx(m1[0][name], rel=1e-4), name
+    # Float reassociation only: the set loss's gradients are large (at init the panoptic term is
+    # ~100x the photometric one), so compare to the size of the update, not to an absolute 1e-5.
+    update = max_diff(single.params, params)
+    difference = max_diff(single.params, double.params)
+    assert difference < 1e-3 * update, (difference, update)

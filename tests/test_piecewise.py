@@ -11,6 +11,7 @@ import pytest
 from conftest import load_config, random_batch, tiny_config
 from flax import linen as nn
 from panoptic_helpers import fast_compiles, fill_like  # noqa: F401 (autouse fixture)
+from parity_helpers import max_diff, one_vs_two_devices
 from piecewise_scene import (
     CAR,
     CAR_MOTION,
@@ -29,7 +30,7 @@ from jdepth import geometry
 from jdepth.data import instances
 from jdepth.losses import monodepth as monodepth_losses
 from jdepth.losses import motion_prior as motion_prior_lib
-from jdepth.training import monodepth, piecewise
+from jdepth.training import monodepth, piecewise, recipes
 from jdepth.training import parallel as parallel_lib
 from jdepth.training.state import TrainState
 
@@ -473,3 +474,73 @@ def test_switched_off_is_the_global_pose_step_bit_for_bit():
     assert np.asarray(metrics["loss"]) == np.asarray(loss)
     jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.opt_state, grads)
     assert not any(k.startswith("piecewise/") for k in metrics)
+
+
+def test_pixel_weighted_mean_is_over_the_global_batch_under_pmap():
+    """Dropped pixels differ per device: the per-device masked mean would weigh a device's
+    pixels by its own kept count; with the axis the device average is the global masked mean."""
+    devices = jax.local_devices()
+    assert len(devices) >= 2, "tests/conftest.py must force 2 host devices"
+    rng = np.random.default_rng(0)
+    values = rng.random((2, 4, 4, 1)).astype(np.float32)
+    weights = np.ones((2, 4, 4, 1), np.float32)
+    weights[0, :3] = 0.0  # sample 0 keeps 4 pixels, sample 1 all 16
+    expected = np.sum(weights * values) / np.sum(weights)
+    one = jax.jit(monodepth_losses.masked_mean)(values, weights)
+    assert float(one) == pytest.approx(expected, rel=1e-6)
+
+    def on_devices(axis_name):
+        fn = functools.partial(monodepth_losses.masked_mean, axis_name=axis_name)
+        out = jax.pmap(fn, axis_name="batch", devices=devices[:2])(
+            values.reshape(2, 1, 4, 4, 1), weights.reshape(2, 1, 4, 4, 1))
+        return float(np.mean(out))
+
+    assert on_devices("batch") == pytest.approx(expected, rel=1e-6)
+    assert abs(on_devices(None) - expected) > 0.01  # the per-device mean it replaces
+
+
+def _parity_batch(config, seed: int) -> dict:
+    """Sample 0: one car over a crowd region (cars without instance ids: dropped, 3/8 of the
+    image); sample 1: two cars, nothing dropped. On 2 devices each holds one sample, so the
+    kept-pixel counts differ per device by far more than the tolerances below."""
+    batch = random_batch(config, 2, seed=seed)
+    frames = len(config.data.frame_ids)
+    ids = np.zeros((2, frames, SH, SW), np.int32)
+    ids[0, :, 40:] = 13  # crowd: weight 0 in the photometric mean
+    for b, cars in ((0, 1), (1, 2)):
+        for c in range(cars):
+            for f in range(frames):
+                ids[b, f, 8 + 24 * b:24 + 24 * b, 4 + 20 * c + f:20 + 20 * c + f] = 13001 + c
+    batch["panoptic"] = ids
+    targets = [instances.match_instances(ids[b], SLOTS, 0.01) for b in range(2)]
+    for key in instances.KEYS:
+        batch[key] = np.stack([t[key] for t in targets])
+    return batch
+
+
+@pytest.mark.slow
+def test_pmap_two_devices_match_one_device_piecewise_step():
+    config = _config(True)
+    recipe = recipes.get(config.recipe)
+    shapes = jax.eval_shape(functools.partial(
+        recipe.init_variables, recipe.build_networks(config), config), jax.random.PRNGKey(0))
+    params, batch_stats = fill_like(shapes)
+    batches = [_parity_batch(config, seed) for seed in (0, 1)]
+    assert batches[0]["dropped_mask"][0].mean() > 0.3 and not batches[0]["dropped_mask"][1].any()
+    (single, m1), (double, m2) = one_vs_two_devices(recipe, config, params, batch_stats, batches)
+    for a, b in zip(m1, m2):
+        for name in ("loss", "photometric", "piecewise/dropped_fraction"):
+            assert b[name] == pytest.approx(a[name], rel=1e-4), name
+    # The per-device masked mean this replaces weighs the devices' pixels 5 : 8 here: its loss is
+    # 0.8 % off the 1-device loss, far outside the tolerance above.
+    assert max_diff(single.batch_stats, double.batch_stats) < 1e-4
+    update = max_diff(single.params, params)
+    difference = max_diff(single.params, double.params)
+    if difference >= 1e-3 * update:
+        # Open (issue 24, item 8): after 2 SGD steps the pose net differs by up to ~4 % of its
+        # update (depth net far less) while loss and photometric term agree. It comes with the
+        # non-uniform pixel weights: forced to 1 (instance call kept), or with instance_pose
+        # "none", the difference is ~1e-7; masked_mean's values and gradients under pmap match
+        # jit (test above, also inside a vmap). Not float noise: jit sharded over 2 devices
+        # differs from 1 device by ~1e-8.
+        pytest.xfail(f"pose-net parameters differ by {difference:.2g} (update {update:.2g})")

@@ -267,12 +267,20 @@ def make_dataset(
     seed: int,
     train: bool = True,
     num_epochs: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
 ) -> grain.MapDataset:
     """Builds the batched MapDataset.
 
     Training shuffles with a fresh permutation per epoch (grain reshuffles per repetition), draws
     augmentations from the per-record RNG, and drops the last partial batch. Evaluation keeps the
     split order and every frame.
+
+    With `shard_count` > 1 (one shard per process of a multi-process run), element i of the
+    dataset is rows [shard_index * b, (shard_index + 1) * b) of global batch i, b = batch_size /
+    shard_count. The samples, their augmentation draws and their order are those of the
+    one-process dataset (`shard_sliced`), so a run's data does not depend on its process count,
+    and an iterator position (grain's `next_index`) means the same global step for any count.
     """
     source = KittiFrames(cfg.root, split_file)
     ds = grain.MapDataset.source(source)
@@ -282,7 +290,31 @@ def make_dataset(
         ds = ds.random_map(functools.partial(load_sample, cfg=cfg, train=True))
     else:
         ds = ds.map(functools.partial(load_sample, rng=None, cfg=cfg, train=False))
-    return ds.batch(batch_size, drop_remainder=train)
+    if shard_count == 1:
+        return ds.batch(batch_size, drop_remainder=train)
+    return shard_sliced(ds, batch_size, shard_index, shard_count, drop_remainder=train)
+
+
+def shard_sliced(ds: grain.MapDataset, batch_size: int, shard_index: int, shard_count: int,
+                 drop_remainder: bool = True) -> grain.MapDataset:
+    """Shard `shard_index`'s rows of each global batch of `batch_size` elements of `ds`.
+
+    Batching `ds` by `batch_size / shard_count` makes global batch i the local batches
+    i * shard_count ... i * shard_count + shard_count - 1, in shard order; taking every
+    `shard_count`-th from `shard_index` gives this shard's part. Random maps upstream keep their
+    per-record seeds (the record index in `ds` is unchanged), and grain reads only the selected
+    records: no process decodes another's samples.
+
+    Raises:
+      ValueError: when `batch_size` does not divide over `shard_count` or the index is outside it.
+    """
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} is not in [0, shard_count={shard_count})")
+    if batch_size % shard_count:
+        raise ValueError(f"global batch size {batch_size} does not divide over {shard_count} "
+                         "processes (config.train.batch_size)")
+    local = ds.batch(batch_size // shard_count, drop_remainder=drop_remainder)
+    return local[shard_index::shard_count]
 
 
 def make_iterator(ds: grain.MapDataset, num_workers: int = 0, prefetch: int = 2):

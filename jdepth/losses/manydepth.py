@@ -51,10 +51,7 @@ def global_masked_mean(values: jax.Array, weights: jax.Array, axis_name: str | N
     makes the device average of these values (what the gradient pmean computes) equal the masked
     mean over the whole batch, so N devices give the numbers of one. The weights carry no gradient.
     """
-    if axis_name is None:
-        return monodepth.masked_mean(values, weights)
-    total_weight = jax.lax.pmean(jnp.sum(jax.lax.stop_gradient(weights)), axis_name)
-    return jnp.sum(weights * values) / (total_weight + 1e-7)
+    return monodepth.masked_mean(values, weights, axis_name)
 
 
 def _reduce_sources(errors: jax.Array, avg: bool) -> jax.Array:

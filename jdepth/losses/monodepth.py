@@ -121,12 +121,19 @@ def reprojection_errors(
     return errors, warped
 
 
-def masked_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+def masked_mean(
+    values: jax.Array, weights: jax.Array | None = None, axis_name: str | None = None
+) -> jax.Array:
     """Mean of ``values``, or ``sum(w * v) / (sum(w) + 1e-7)`` when ``weights`` are given.
 
     Args:
       values: ``[B, H, W, 1]`` per-pixel loss.
       weights: ``[B, H, W, 1]`` non-negative weights, or None.
+      axis_name: pmap axis the batch is sharded over, or None. With weights, the denominator is
+        then the device average of the weight sums: a device's value, averaged over devices (the
+        gradient pmean), is the masked mean of the global batch, so N devices give the numbers of
+        one. (A per-device ``sum(w)`` would weigh a device's pixels by its own mask count.) The
+        weights then carry no gradient into the denominator.
 
     Returns:
       Scalar.
@@ -137,7 +144,10 @@ def masked_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Arra
         raise ValueError(
             f"monodepth.masked_mean: weights {weights.shape} must match values {values.shape}"
         )
-    return jnp.sum(weights * values) / (jnp.sum(weights) + _MASKED_MEAN_EPS)
+    if axis_name is None:
+        return jnp.sum(weights * values) / (jnp.sum(weights) + _MASKED_MEAN_EPS)
+    total = jax.lax.pmean(jnp.sum(jax.lax.stop_gradient(weights)), axis_name)
+    return jnp.sum(weights * values) / (total + _MASKED_MEAN_EPS)
 
 
 def photometric_loss_for_depth(
@@ -154,6 +164,7 @@ def photometric_loss_for_depth(
     avg_reprojection: bool = False,
     pixel_weights: jax.Array | None = None,
     padding: str = "border",
+    axis_name: str | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Min-reprojection photometric loss of one full-resolution depth map.
 
@@ -166,6 +177,7 @@ def photometric_loss_for_depth(
       ssim_weight: SSIM weight of the photometric error.
       avg_reprojection: average over sources instead of the per-pixel minimum.
       pixel_weights: ``[B, H, W, 1]`` weights of the per-pixel loss in the mean, or None.
+      axis_name: pmap axis of a sharded batch (the weighted mean is global, `masked_mean`).
 
     Returns:
       ``(loss, aux)``: scalar loss and ``aux`` with ``'per_pixel'`` ``[B, H, W, 1]``,
@@ -182,7 +194,7 @@ def photometric_loss_for_depth(
         "reprojection": errors,
         "warped": warped,
     }
-    return masked_mean(per_pixel, pixel_weights), aux
+    return masked_mean(per_pixel, pixel_weights, axis_name), aux
 
 
 def monodepth_loss(
@@ -205,6 +217,7 @@ def monodepth_loss(
     automask_active: jax.Array | None = None,
     depth_frozen_mask: jax.Array | None = None,
     depth_normalization: bool = False,
+    axis_name: str | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """Monodepth2's training objective (full-res multiscale, min reprojection, automask).
 
@@ -247,6 +260,8 @@ def monodepth_loss(
         without the normalisation that direction is free, and the depth net can shrink its depth
         (towards `min_depth`) to grow the warps, the collapse of README "When training
         collapses". With it, the translation is in units of the mean scene depth.
+      axis_name: pmap axis of a sharded batch, or None: with ``pixel_weights`` the weighted mean
+        is over the global batch (`masked_mean`).
 
     Returns:
       ``(total, aux)``. Scalars in ``aux``: ``'photometric/s{s}'`` and ``'smoothness/s{s}'``
@@ -289,6 +304,7 @@ def monodepth_loss(
             ssim_weight=ssim_weight,
             avg_reprojection=avg_reprojection,
             pixel_weights=pixel_weights,
+            axis_name=axis_name,
         )
 
     photometric_per_scale, photo_aux = jax.vmap(photometric_at_scale)(depths, scale_ids)

@@ -7,14 +7,19 @@ Hungarian algorithm on
 
 with BCE and dice computed on the same P uniformly drawn points for every pair. Then
 
-    loss_ce    cross-entropy over C + 1 classes for all N proposals (unmatched -> no-object),
-               class weights 1, ..., 1, no_object_weight, a weighted mean (torch's semantics)
-    loss_mask  sigmoid BCE, mean over P importance-sampled points, per matched pair
-    loss_dice  1 - (2 sum pq + 1) / (sum p + sum q + 1) on the same points, per matched pair
+    loss_ce    cross-entropy over C + 1 classes for all N proposals of all images (unmatched ->
+               no-object), class weights 1, ..., 1, no_object_weight: sum w NLL / sum w
+               (torch F.cross_entropy with a weight vector)
+    loss_mask  sigmoid BCE, mean over P importance-sampled points, summed over the matched
+               pairs / num_masks (the batch's ground-truth segments, at least 1)
+    loss_dice  1 - (2 sum pq + 1) / (sum p + sum q + 1) on the same points, summed / num_masks
 
 and the stage loss is w_cls * ce + w_mask * mask + w_dice * dice (2 / 5 / 5). Stage 0 has no class
 logits: its matching and loss use the mask terms only. Every stage is re-matched (deep
-supervision) and the stage losses are summed, as YOSO does.
+supervision; num_masks is the same for all) and the stage losses are summed, as YOSO does.
+The class logits arrive divided by YOSO's temperature (jdepth/models/panoptic_head.py), in the
+matching cost as in the loss, as YOSO passes them to its criterion.
+tests/test_panoptic_criterion.py checks a 2-query case against these formulas by hand.
 
 Decisions (documented deviations; see also jdepth/matching.py):
 * Points: P = min(num_points, h * w of the predicted masks) - "fewer at small resolutions": more
@@ -25,10 +30,20 @@ Decisions (documented deviations; see also jdepth/matching.py):
   a point near the edge is not pulled towards logit 0. Ground truth is read at full resolution by
   nearest neighbour on the label map (no [M, H, W] mask tensor is ever built): the target is the
   label of the pixel the point lies in.
-* Normalisation is per image, then averaged over images: mask and dice sum over an image's
-  segments / max(its number of segments, 1), CE is each image's weighted mean. Mask2Former divides
-  by the (all-reduced) number of masks in the batch; per-image normalisation gives the same
-  numbers for any split of the batch over devices.
+* Normalisation (`normalization`), "mask2former" (default): Mask2Former's criterion. mask and
+  dice are summed over the matched masks of the GLOBAL batch and divided by num_masks, the number
+  of ground-truth segments in it (at least 1); CE is one weighted mean over every proposal of the
+  global batch (torch F.cross_entropy with a weight vector). Under pmap both denominators are
+  psum-ed over `axis_name` (Mask2Former all-reduces num_masks) and divided by the device count,
+  so the device average that the gradient pmean takes is the 1-device value of the global batch.
+  (Mask2Former clamps num_masks / world_size at 1, here max(num_masks, 1) / world_size: the same
+  unless a batch has fewer segments than devices, and this way 2 devices == 1.)
+  "per_image" (jdepth before issue 24): each image's mask and dice summed / its own segment count
+  and its own weighted-mean CE, then the mean over images: an image with 2 segments weighs as
+  much as one with 20.
+* Point draws are keyed per sample (`panoptic_loss`'s `key` may be one key per sample, from the
+  sample's index in the split), so a sample draws the same points whatever its batch position
+  or device.
 * Void pixels (jdepth/data/panoptic_labels.py) are never a target: points that land on them count
   as background for every segment (Mask2Former's padded region behaves the same way).
 """
@@ -151,11 +166,19 @@ def class_cross_entropy(
     Returns:
       Scalar sum_q w[t_q] CE_q / sum_q w[t_q].
     """
+    nll, weight = class_nll(class_logits, target_classes, no_object_weight)
+    return jnp.sum(weight * nll) / jnp.sum(weight)
+
+
+def class_nll(
+    class_logits: jax.Array, target_classes: jax.Array, no_object_weight: float
+) -> tuple[jax.Array, jax.Array]:
+    """Per-proposal CE and its class weight: [..., Q, C + 1], [..., Q] -> ([..., Q], [..., Q])."""
     num_classes = class_logits.shape[-1] - 1
     log_prob = jax.nn.log_softmax(class_logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_prob, target_classes[:, None], axis=-1)[:, 0]
+    nll = -jnp.take_along_axis(log_prob, target_classes[..., None], axis=-1)[..., 0]
     weight = jnp.where(target_classes == num_classes, no_object_weight, 1.0)
-    return jnp.sum(weight * nll) / jnp.sum(weight)
+    return nll, weight
 
 
 def make_targets(panoptic: jax.Array, max_segments: int) -> dict[str, jax.Array]:
@@ -174,32 +197,80 @@ def make_targets(panoptic: jax.Array, max_segments: int) -> dict[str, jax.Array]
     }
 
 
-class PointBudget:
-    """Sizes of one stage's random points, drawn for all stages in ONE `jax.random.uniform` call.
+NORMALIZATIONS = ("mask2former", "per_image")
 
-    Each threefry call costs ~1 s of XLA compilation on CPU whatever its size; one call per loss
+
+class PointBudget:
+    """Sizes of one sample's random points for one stage (per-sample shapes, no batch axis).
+
+    All stages and samples draw in ONE vmapped `jax.random.uniform` call (`draw_points`): each
+    threefry call costs ~1 s of XLA compilation on CPU whatever its size, so one call per loss
     instead of three per stage keeps the train step's compile time down.
     """
 
-    def __init__(self, cfg: Any, batch: int, slots: int, mask_shape: tuple[int, int]):
+    def __init__(self, cfg: Any, slots: int, mask_shape: tuple[int, int]):
         self.points = num_points_for(cfg.num_points, mask_shape)
         self.oversampled = int(self.points * cfg.oversample_ratio)
         self.uncertain = int(cfg.importance_sample_ratio * self.points)
         self.shapes = {
-            "match": (batch, self.points, 2),
-            "candidates": (batch, slots, self.oversampled, 2),
-            "extra": (batch, slots, self.points - self.uncertain, 2),
+            "match": (self.points, 2),
+            "candidates": (slots, self.oversampled, 2),
+            "extra": (slots, self.points - self.uncertain, 2),
         }
         self.size = sum(math.prod(shape) for shape in self.shapes.values())
 
     def split(self, uniform: jax.Array) -> dict[str, jax.Array]:
-        """[size] uniforms in [0, 1) -> {"match", "candidates", "extra"} point arrays."""
+        """[B, size] uniforms in [0, 1) -> {"match", "candidates", "extra"}, each [B, ...]."""
         out, start = {}, 0
         for name, shape in self.shapes.items():
             n = math.prod(shape)
-            out[name] = uniform[start:start + n].reshape(shape)
+            out[name] = uniform[:, start:start + n].reshape((uniform.shape[0],) + shape)
             start += n
         return out
+
+
+def _is_key_batch(key: jax.Array) -> bool:
+    """Whether `key` holds one key per sample ([B] typed keys or [B, 2] raw uint32 keys)."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim == 1
+    return key.ndim == 2
+
+
+def draw_points(key: jax.Array, budget: PointBudget, batch: int, num_stages: int
+                ) -> list[dict[str, jax.Array]]:
+    """Every stage's uniform points: a list over stages of `PointBudget.split` dicts.
+
+    Args:
+      key: [B] keys, one per sample (each sample's points depend on its key only, so keys made
+        from the samples' split indices give the same points on any device split), or one key,
+        split over the batch positions.
+      budget: the per-sample point counts.
+      batch: B.
+      num_stages: how many stages draw.
+    """
+    keys = key if _is_key_batch(key) else jax.random.split(key, batch)
+    uniform = jax.vmap(lambda k: jax.random.uniform(k, (num_stages, budget.size), jnp.float32))(
+        keys)  # [B, stages, size]
+    return [budget.split(uniform[:, s]) for s in range(num_stages)]
+
+
+def _psum(x: jax.Array, axis_name: str | None) -> jax.Array:
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _device_count(axis_name: str | None):
+    return 1 if axis_name is None else jax.lax.psum(1, axis_name)
+
+
+def global_denominator(local: jax.Array, axis_name: str | None, minimum: float = 0.0):
+    """A denominator over the global batch, as each device must use it under pmap.
+
+    max(sum over devices of `local`, minimum) / number of devices: a device's (local sum / this),
+    averaged over devices (what the gradient pmean does), is the global sum / the global count.
+    Without an axis: max(local, minimum).
+    """
+    total = jnp.maximum(_psum(jax.lax.stop_gradient(local), axis_name), minimum)
+    return total / _device_count(axis_name)
 
 
 def matching_cost(stage: dict, targets: dict, points: jax.Array, cfg: Any) -> jax.Array:
@@ -226,21 +297,27 @@ def matching_cost(stage: dict, targets: dict, points: jax.Array, cfg: Any) -> ja
 
 def stage_loss(
     stage: dict, targets: dict, proposal_of_slot: jax.Array, points: dict, budget: PointBudget,
-    cfg: Any,
+    cfg: Any, num_masks: jax.Array | None = None, axis_name: str | None = None,
 ) -> dict[str, jax.Array]:
-    """Unweighted terms of one stage: {"mask", "dice"[, "ce"]}, each a scalar mean over images.
+    """Unweighted terms of one stage: {"mask", "dice"[, "ce"]} (module docstring's normalisation).
 
     Args:
       stage: head outputs of one stage.
       targets: from `make_targets`.
       proposal_of_slot: [B, M] the matching.
-      points: the stage's uniform draws (`PointBudget.split`).
+      points: the stage's uniform draws (`draw_points`).
       budget: the point counts.
-      cfg: no_object_weight.
+      cfg: no_object_weight, normalization.
+      num_masks: "mask2former": this device's share of the global segment count
+        (`global_denominator`); unused with "per_image".
+      axis_name: pmap axis of a sharded batch (global CE weights), or None.
     """
+    normalization = cfg.get("normalization", "mask2former")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"jdepth/losses/panoptic.py: panoptic.normalization must be one of "
+                         f"{NORMALIZATIONS}, got {normalization!r}")
     masks = stage["mask_logits"]  # [B, h, w, Q]
     valid = targets["valid"]
-    count = jnp.maximum(jnp.sum(valid, axis=1), 1).astype(jnp.float32)
     matched = jnp.take_along_axis(masks, proposal_of_slot[:, None, None, :], axis=-1)  # [B,h,w,M]
 
     def logits_at(pts):  # [B, M, S, 2] -> [B, M, S]: each matched mask at its own points
@@ -252,10 +329,14 @@ def stage_loss(
     pred = logits_at(pts)
     gt = sample_labels(targets["ids"], pts) == targets["segment_ids"][:, :, None]  # [B, M, P]
 
-    def per_image(term):
-        return jnp.mean(jnp.sum(jnp.where(valid, term, 0.0), axis=1) / count)
+    def reduce_masks(term):  # [B, M] per matched pair -> scalar
+        per_image = jnp.sum(jnp.where(valid, term, 0.0), axis=1)
+        if normalization == "per_image":
+            count = jnp.maximum(jnp.sum(valid, axis=1), 1).astype(jnp.float32)
+            return jnp.mean(per_image / count)
+        return jnp.sum(per_image) / num_masks
 
-    terms = {"mask": per_image(sigmoid_ce(pred, gt)), "dice": per_image(dice_loss(pred, gt))}
+    terms = {"mask": reduce_masks(sigmoid_ce(pred, gt)), "dice": reduce_masks(dice_loss(pred, gt))}
     if "class_logits" in stage:
         num_classes = stage["class_logits"].shape[-1] - 1
         target_classes = jnp.full(stage["class_logits"].shape[:2], num_classes, jnp.int32)
@@ -264,14 +345,17 @@ def stage_loss(
         target_classes = target_classes.at[batch_index, proposal_of_slot].set(
             jnp.where(valid, targets["classes"], num_classes)
         )
-        terms["ce"] = jnp.mean(jax.vmap(
-            lambda logits, t: class_cross_entropy(logits, t, cfg.no_object_weight)
-        )(stage["class_logits"], target_classes))
+        nll, weight = class_nll(stage["class_logits"], target_classes, cfg.no_object_weight)
+        if normalization == "per_image":
+            terms["ce"] = jnp.mean(jnp.sum(weight * nll, axis=1) / jnp.sum(weight, axis=1))
+        else:
+            terms["ce"] = jnp.sum(weight * nll) / global_denominator(jnp.sum(weight), axis_name)
     return terms
 
 
 def panoptic_loss(
-    stages: list[dict], panoptic: jax.Array, key: jax.Array, cfg: Any
+    stages: list[dict], panoptic: jax.Array, key: jax.Array, cfg: Any,
+    axis_name: str | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Deep-supervised set loss of the panoptic head (unweighted by the recipe's lambda).
 
@@ -279,8 +363,13 @@ def panoptic_loss(
       stages: the head's outputs (jdepth/models/panoptic_head.py): "mask_logits" [B, h, w, Q] on
         every stage (one shape for all), "class_logits" [B, Q, C + 1] on every stage but the first.
       panoptic: [B, H, W] int Cityscapes panoptic ids of the head's input image.
-      key: PRNG key for the point draws.
-      cfg: the `config.panoptic` section (weights, points, no_object_weight, max_segments).
+      key: PRNG keys of the point draws: [B] keys, one per sample (made from the samples' split
+        indices they make the loss independent of how the batch is split over devices), or one
+        key (split over the batch positions).
+      cfg: the `config.panoptic` section (weights, points, no_object_weight, max_segments,
+        normalization).
+      axis_name: pmap axis the batch is sharded over (num_masks and the CE weights are then
+        summed over it, as Mask2Former all-reduces num_masks), or None (jit: the batch is global).
 
     Returns:
       (sum over stages of w_cls ce + w_mask mask + w_dice dice, aux) with aux scalars
@@ -292,9 +381,8 @@ def panoptic_loss(
         raise ValueError(f"jdepth/losses/panoptic.py: stages have different mask shapes {shapes}")
     batch, h, w, _ = shapes.pop()
     targets = make_targets(panoptic, cfg.max_segments)
-    budget = PointBudget(cfg, batch, cfg.max_segments, (h, w))
-    uniform = jax.random.uniform(key, (len(stages), budget.size), jnp.float32)
-    points = [budget.split(u) for u in uniform]
+    budget = PointBudget(cfg, cfg.max_segments, (h, w))
+    points = draw_points(key, budget, batch, len(stages))
     # All stages' assignments in one batched Hungarian call (one while-loop program to compile).
     cost = jnp.stack([
         matching_cost(stage, targets, pts["match"], cfg) for stage, pts in zip(stages, points)
@@ -303,10 +391,14 @@ def panoptic_loss(
     assignment = matching.batched_hungarian_match(
         cost.reshape(-1, *cost.shape[2:]), valid.reshape(-1, valid.shape[-1])
     ).reshape(valid.shape)
+    # Mask2Former's num_masks: the segments of the global batch, the same for every stage.
+    num_masks = global_denominator(
+        jnp.sum(targets["valid"]).astype(jnp.float32), axis_name, minimum=1.0)
     weights = {"ce": cfg.class_weight, "mask": cfg.mask_weight, "dice": cfg.dice_weight}
     total, aux = 0.0, {}
     for s, stage in enumerate(stages):
-        terms = stage_loss(stage, targets, assignment[s], points[s], budget, cfg)
+        terms = stage_loss(stage, targets, assignment[s], points[s], budget, cfg, num_masks,
+                           axis_name)
         for name, value in terms.items():
             aux[f"panoptic/s{s}_{name}"] = value
             total = total + weights[name] * value

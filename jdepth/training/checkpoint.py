@@ -68,6 +68,12 @@ class Checkpointer:
     writable) left a background thread waiting forever, so the process hung after printing the
     PermissionError. A synchronous save raises `CheckpointWriteError` in the train loop instead
     and costs about a second per save at KITTI size, every `train.ckpt_every_steps` steps.
+
+    Several processes (README, "Multi-host training"): every process calls `save` with the same
+    host trees (its copy of the replicated state) and `restore`. Orbax writes numpy leaves from
+    process 0 only, and its metadata, the JSON item and the commit from the primary host, between
+    barriers of all processes; restoring reads the whole tree in every process. A checkpoint is
+    therefore written once and holds no sharding, so it resumes on any process count.
     """
 
     def __init__(self, workdir: str, max_to_keep: int = 3):

@@ -107,12 +107,15 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def value_problems(config, num_devices: int | None = None) -> list[Problem]:
+def value_problems(config, num_devices: int | None = None,
+                   num_processes: int = 1) -> list[Problem]:
     """Every config value outside its range (`RULES`), plus the rules that tie two values.
 
     Args:
       config: the run's ConfigDict.
-      num_devices: local device count the global batch is split over (None: not checked).
+      num_devices: device count the global batch is split over (None: not checked).
+      num_processes: processes of the run; several need `train.parallel=jit` and a batch that
+        divides over them (each reads its own rows of it).
     """
     flat = flatten(config)
     problems = []
@@ -133,7 +136,15 @@ def value_problems(config, num_devices: int | None = None) -> list[Problem]:
     batch = flat.get("train.batch_size")
     if num_devices and _int(batch) and batch > 0 and batch % num_devices:
         problems.append(Problem("config.train.batch_size", f"{batch} does not divide over the "
-                                f"{num_devices} local devices (config.train.parallel)"))
+                                f"{num_devices} devices (config.train.parallel)"))
+    if num_processes > 1:
+        if flat.get("train.parallel") != "jit":
+            problems.append(Problem("config.train.parallel", f"must be 'jit' in a run of "
+                                    f"{num_processes} processes (pmap runs on one host), got "
+                                    f"{flat.get('train.parallel')!r}"))
+        if _int(batch) and batch > 0 and batch % num_processes:
+            problems.append(Problem("config.train.batch_size", f"{batch} does not divide over "
+                                    f"the {num_processes} processes"))
     return problems
 
 
@@ -199,6 +210,10 @@ FREE_KEYS = frozenset({
     "data.frame_cache_mb", "data.cache_dir", "train.progress_bar", "train.log_every",
     "train.eval_every_epochs", "train.eval_max_images", "train.max_to_keep",
     "train.ckpt_every_steps",
+    # The process layout: a run may resume on another process count (same global batch).
+    "distributed.coordinator_address", "distributed.num_processes", "distributed.process_id",
+    "distributed.local_device_ids", "distributed.auto_detect",
+    "distributed.shutdown_timeout_seconds",
 })
 # Where the data lives may change between machines (the split contents are checked separately).
 PATH_KEYS = frozenset({

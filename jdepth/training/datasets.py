@@ -35,11 +35,18 @@ def ensure_synthetic(config) -> str:
     root = _synthetic_root(config)
     if os.path.exists(os.path.join(root, "splits", "test_files.txt")):
         return root
-    tmp = root + ".partial"
+    # One temporary folder per process: the processes of a multi-process run may all generate
+    # at once; the first rename wins and the others drop their identical copies.
+    tmp = f"{root}.partial{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"Generating the synthetic KITTI dataset into {root} (once) ...", flush=True)
     synthetic.make_dataset(tmp, **config.data.synthetic.to_dict())
-    os.replace(tmp, root)
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        if not os.path.exists(os.path.join(root, "splits", "test_files.txt")):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

@@ -104,8 +104,10 @@ def _depth_images(predictor, batch, frame_ids) -> dict:
 
 
 def _say(message: str) -> None:
-    """One progress line, flushed at once (the console shows phases as they start)."""
-    print(message, flush=True)
+    """One progress line, flushed at once (the console shows phases as they start); from process
+    0 only, so a run of N processes prints each line once."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
 
 
 def _restore(ckpt, state, data_iter, changes) -> tuple:
@@ -148,11 +150,18 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
       ValidationError: before anything is built, listing every problem with the config, the
         workdir and the data (jdepth/training/preflight.py).
       CheckpointMismatchError, CheckpointWriteError, NonFiniteLossError: see their docstrings.
+
+    With several processes (jax.distributed started by jdepth/training/distributed.py) every
+    process calls this with the same config and workdir: each reads its rows of every global batch,
+    all take part in the step and in each checkpoint save (orbax writes it once), and process 0
+    alone logs, writes config.json and evaluates; the others return {} after training.
     """
     # ---------------------------------------------------------------------------- validation
     _say("validating config, workdir and data ...")
+    primary = jax.process_index() == 0
     checked = preflight.run(config, workdir, allow_config_change=allow_config_change,
-                            num_devices=jax.local_device_count())
+                            num_devices=parallel_lib.batch_devices(config.train.parallel),
+                            num_processes=jax.process_count())
     config, report = checked.config, checked.report
     frames = ", ".join(f"{name} {n}" for name, n in report.frames.items())
     _say(f"  ok: {frames} frames from {report.drives} drives ({report.seconds:.2f} s)")
@@ -190,24 +199,29 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
 
     # ----------------------------------------------------------------------------- resume
     ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.train.max_to_keep)
+    # Each process reads its rows of every global batch; the samples and their order do not
+    # depend on the process count (pipeline.shard_sliced), so neither do the iterator states.
     ds = pipeline.make_dataset(
-        pcfg, config.data.train_split, batch_size=batch_size, seed=config.seed, train=True
+        pcfg, config.data.train_split, batch_size=batch_size, seed=config.seed, train=True,
+        shard_index=jax.process_index(), shard_count=jax.process_count(),
     )
     data_iter = pipeline.make_iterator(ds, num_workers=config.data.num_workers)
     start_step = 0
     if ckpt.latest_step() is not None:
         state, start_step = _restore(ckpt, state, data_iter, checked.changes)
         log.info("resumed from step %d", start_step)
-        print(f"Resuming {workdir} from step {start_step}", flush=True)
+        _say(f"Resuming {workdir} from step {start_step}")
     # Only now that the checkpoint fits: the workdir keeps describing its checkpoints.
-    kept = checkpoint.write_config(workdir, user_config, keep_old=bool(checked.changes))
+    kept = None
+    if primary:
+        kept = checkpoint.write_config(workdir, user_config, keep_old=bool(checked.changes))
     if checked.changes:
         _say(f"  config changed against the workdir's (--allow_config_change): "
              f"{config_check.format_changes(checked.changes)}; the old config is kept as {kept}")
 
     state = parallel.put_state(state)
-    rng = jax.random.PRNGKey(config.seed + 1)
-    writer = SummaryWriter(workdir, enabled=jax.process_index() == 0, resume_step=start_step)
+    rng = parallel.put_rng(jax.random.PRNGKey(config.seed + 1))
+    writer = SummaryWriter(workdir, enabled=primary, resume_step=start_step)
 
     def save(step):
         host = parallel.get_state(state)
@@ -233,7 +247,8 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
     # ------------------------------------------------------------------------------- loop
     eval_every = config.train.eval_every_epochs * steps_per_epoch if config.train.eval_every_epochs else 0
     bar = tqdm(total=total_steps, initial=start_step, desc=config.recipe, dynamic_ncols=True,
-               disable=not config.train.progress_bar)
+               disable=not (config.train.progress_bar and primary))
+    note = bar.write if primary else (lambda message: None)  # one console line per run
     t_window, n_window = time.perf_counter(), 0
     step = start_step
     max_skipped = int(config.train.get("max_skipped_steps", 5))
@@ -263,8 +278,8 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
             _check_finite(host_metrics, step, max_skipped)
             if host_metrics["skipped_steps"] > skipped_seen:
                 skipped_seen = int(host_metrics["skipped_steps"])
-                bar.write(f"step {step}: {skipped_seen} update(s) so far skipped for a non-finite "
-                          "gradient (params kept)")
+                note(f"step {step}: {skipped_seen} update(s) so far skipped for a non-finite "
+                     "gradient (params kept)")
             elapsed = time.perf_counter() - t_window
             sps = n_window * batch_size / max(elapsed, 1e-9)
             host_metrics.update(
@@ -277,20 +292,23 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
                 host_metrics["compile_seconds"] = parallel.compile_seconds
             writer.scalars(step, host_metrics)
             for warning in collapse.warnings(host_metrics):
-                bar.write(f"step {step}: WARNING, training may be collapsing: {warning} "
-                          "(README, 'When training collapses')")
+                note(f"step {step}: WARNING, training may be collapsing: {warning} "
+                     "(README, 'When training collapses')")
             bar.set_postfix(loss=f"{host_metrics['loss']:.4f}", sps=f"{sps:.1f}")
             t_window, n_window = time.perf_counter(), 0
         if saving:
             save(step)
-        if eval_every and step % eval_every == 0 and step < total_steps:
+        # Process 0 alone evaluates; the others wait for it in the next step's collectives.
+        if eval_every and step % eval_every == 0 and step < total_steps and primary:
             current = predictor_now()
             val = evaluate(current, config, "val", workdir, config.train.get("eval_max_images"))
             writer.scalars(step, {f"val/{k}": v for k, v in val.items()})
             writer.images(step, _depth_images(current, host_batch, list(config.data.frame_ids)))
-            bar.write(f"step {step}: val abs_rel {val['abs_rel']:.4f} a1 {val['a1']:.4f}")
+            note(f"step {step}: val abs_rel {val['abs_rel']:.4f} a1 {val['a1']:.4f}")
     bar.close()
     ckpt.close()
+    if not primary:
+        return {}
 
     # -------------------------------------------------------------------- final evaluation
     final = predictor_now()

@@ -250,7 +250,7 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
                   ssim_weight=loss_cfg.ssim_weight, smoothness_weight=loss_cfg.smoothness_weight,
                   avg_reprojection=loss_cfg.avg_reprojection, axis_name=axis_name)
     live = joint.astype(jnp.float32)
-    plugs = plugins_lib.build(config, networks, inputs["step"], "manydepth")
+    plugs = plugins_lib.build(config, networks, inputs["step"], "manydepth", axis_name)
     source = plugins_lib.pose_source(plugs)
     batch = inputs["batch"]
 

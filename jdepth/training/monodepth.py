@@ -169,9 +169,12 @@ def automask_active(config, step: jax.Array) -> jax.Array | None:
 
 def photometric_objective(
     disps, frames, pyramid, poses, K, inv_K, sample_keys, config, pixel_weights=None, step=None,
-    depth_frozen_mask=None,
+    depth_frozen_mask=None, axis_name=None,
 ):
-    """The Monodepth2 objective for one set of predictions; returns (total, aux)."""
+    """The Monodepth2 objective for one set of predictions; returns (total, aux).
+
+    `axis_name` (the step's pmap axis, or None): `pixel_weights` then weigh the global batch.
+    """
     sources = {f: img for f, img in frames.items() if f != 0}
     return monodepth_losses.monodepth_loss(
         disps,
@@ -192,6 +195,7 @@ def photometric_objective(
         automask_active=None if step is None else automask_active(config, step),
         depth_frozen_mask=depth_frozen_mask,
         depth_normalization=config.loss.get("depth_normalization", False),
+        axis_name=axis_name,
     )
 
 
@@ -225,7 +229,8 @@ def train_step(
                          "mean depth; it does not combine with the metric speed loss "
                          "(loss.velocity_weight)")
     step_rng = jax.random.fold_in(rng, state.step)
-    plugs = plugins_lib.build(config, networks, state.step, "monodepth") + list(extra_plugins)
+    plugs = plugins_lib.build(config, networks, state.step, "monodepth", axis_name) + list(
+        extra_plugins)
     source = plugins_lib.pose_source(plugs)
     frames, frames_aug, pyramid, K, inv_K = prepare_batch(batch, config)
     sample_keys = automask_noise_key(step_rng, batch["index"])
@@ -281,6 +286,7 @@ def train_step(
                 disps, frames, pyramid, warp_poses, K, inv_K, sample_keys, config,
                 pixel_weights=plugins_lib.pixel_weights(plugs, batch, posed), step=state.step,
                 depth_frozen_mask=plugins_lib.depth_frozen_mask(plugs, batch),
+                axis_name=axis_name,
             )
         # Networks without updates here (a separate instance pose net: its updates are
         # discarded, jdepth/training/piecewise.py) keep their statistics.

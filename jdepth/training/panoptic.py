@@ -79,12 +79,23 @@ def init_head(head: PanopticHead, encoder_features_shapes, rng: jax.Array):
     return head.init(rng, dummy)["params"]
 
 
-def make_extra_loss(networks: dict, config, step: jax.Array | int):
+def point_keys(rng: jax.Array, indices: jax.Array) -> jax.Array:
+    """One key per sample for the set loss's point draws, from the sample's index in the split.
+
+    As the automask noise (jdepth/training/monodepth.automask_noise_key): keyed by the sample,
+    not its batch position, so N devices draw the points of a 1-device run.
+    """
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(indices)
+
+
+def make_extra_loss(networks: dict, config, step: jax.Array | int, axis_name: str | None = None):
     """The loss of the panoptic plug-in (jdepth/training/plugins.py).
 
     `step` (the state's step, may be traced) drives the warm-ups `panoptic.start_step` and
     `contrastive.start_step` (jdepth/training/plugin_warmup.py): before them the head trains on
-    gradient-stopped encoder features and the contrastive weight is 0.
+    gradient-stopped encoder features and the contrastive weight is 0. `axis_name`: the pmap
+    axis of the step (None under jit), over which the set loss's num_masks and class weights are
+    summed (jdepth/losses/panoptic.py); without it a pmap run normalises per device.
 
     Returns:
       fn(params, batch_stats, inputs, outputs, rng) -> (loss, aux) reading
@@ -112,7 +123,10 @@ def make_extra_loss(networks: dict, config, step: jax.Array | int):
             features = plugin_warmup.scale_gradient(
                 head_inputs(depth_aux["encoder_features"]), head_live)
             stages, _ = networks[HEAD].apply({"params": params[HEAD]}, features)
-            raw, pan_aux = panoptic_loss_lib.panoptic_loss(stages, labels, rng, config.panoptic)
+            # Per-sample keys where the step passes the samples' split indices.
+            keys = point_keys(rng, inputs["index"]) if "index" in inputs else rng
+            raw, pan_aux = panoptic_loss_lib.panoptic_loss(
+                stages, labels, keys, config.panoptic, axis_name=axis_name)
             weighted = config.panoptic.weight * raw
             aux.update(pan_aux)
             aux["panoptic"], aux["panoptic/unweighted"] = weighted, raw

@@ -16,7 +16,9 @@ def panoptic_section() -> config_dict.ConfigDict:
     """`config.panoptic`: the YOSO-style head and its Mask2Former loss."""
     cfg = config_dict.ConfigDict()
     cfg.enabled = False
-    cfg.weight = 0.35  # lambda_Pan into depth training (paper Sec. 4.2.1)
+    # lambda_Pan: L_Pan (eq. 2) into the depth objective (paper Sec. 4.2.1, "when integrated
+    # into the depth estimation branch we set the weight of lambda_Pan to 0.35").
+    cfg.weight = 0.35
     # Warm-up (jdepth/training/plugin_warmup.py): the head's gradient reaches the depth encoder
     # from this step; before it the head trains on gradient-stopped features. 0: the paper.
     cfg.start_step = 0
@@ -29,14 +31,26 @@ def panoptic_section() -> config_dict.ConfigDict:
     cfg.num_heads = 8
     cfg.num_cls_fcs = 3  # YOSO Cityscapes (COCO: 1)
     cfg.num_mask_fcs = 3
-    cfg.temperature = 0.05  # class logits / temperature (YOSO Cityscapes)
+    # Class logits / temperature, in the matching, the loss and at inference: YOSO's Cityscapes
+    # config (TEMPERATIRE: 0.05; its default 0.1). With YOSO's classifier init (trunc-normal 0.02,
+    # the same here) 1 / 0.05 spreads the step-0 logits 20x, so the CE starts far above log(20),
+    # as in YOSO (RESULTS.md, "Panoptic loss scale at initialisation").
+    cfg.temperature = 0.05
     # Ground-truth segments per image kept as targets (static shapes); <= num_proposals. Images
     # with more are logged as panoptic/truncated.
     cfg.max_segments = 64
     cfg.class_weight = 2.0
     cfg.mask_weight = 5.0
     cfg.dice_weight = 5.0
+    # Weight of the no-object class in the CE (Mask2Former / YOSO eos_coef; DETR's bipartite
+    # matching loss down-weights no-object by 10): the paper's "bipartite matching loss ... with a
+    # weight of 0.1" (Sec. 4.2.1), as we read it.
     cfg.no_object_weight = 0.1
+    # "mask2former": mask / dice summed over the global batch's matched masks / num_masks, CE one
+    # weighted mean over all its proposals (Mask2Former's criterion; psum-ed under pmap).
+    # "per_image": each image normalised by its own segments, then the mean over images (jdepth
+    # before issue 24). jdepth/losses/panoptic.py.
+    cfg.normalization = "mask2former"
     cfg.num_points = 12544  # capped at the stride-4 mask's pixel count
     cfg.oversample_ratio = 3.0
     cfg.importance_sample_ratio = 0.75

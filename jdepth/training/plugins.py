@@ -158,7 +158,8 @@ def small_objects_plugin(config) -> Plugin:
     return Plugin(name="small_objects", pixel_weights=weights)
 
 
-def build(config, networks: dict, step: jax.Array, family: str) -> list[Plugin]:
+def build(config, networks: dict, step: jax.Array, family: str,
+          axis_name: str | None = None) -> list[Plugin]:
     """The plug-ins `config` switches on, in the fixed order of the module docstring.
 
     Args:
@@ -166,6 +167,8 @@ def build(config, networks: dict, step: jax.Array, family: str) -> list[Plugin]:
       networks: the recipe's linen modules by name.
       step: the state's step (traced): drives every warm-up gate.
       family: "monodepth" (Monodepth2, students) or "manydepth".
+      axis_name: the step's pmap axis, or None: batch-level normalisations (the panoptic set
+        loss's mask count) then cover the global batch.
     """
     if family not in FAMILIES:
         raise ValueError(f"jdepth/training/plugins.py: family must be one of {FAMILIES}, "
@@ -183,7 +186,8 @@ def build(config, networks: dict, step: jax.Array, family: str) -> list[Plugin]:
                                              network=single_frame)))
     if panoptic_plugin.is_enabled(config):
         plugins.append(Plugin(name="panoptic",
-                              loss=panoptic_plugin.make_extra_loss(networks, config, step)))
+                              loss=panoptic_plugin.make_extra_loss(networks, config, step,
+                                                                   axis_name)))
     return plugins
 
 

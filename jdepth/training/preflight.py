@@ -180,14 +180,15 @@ def file_problems(config) -> list[Problem]:
 
 
 def run(config, workdir: str, *, allow_config_change: bool = False,
-        num_devices: int | None = None) -> Preflight:
+        num_devices: int | None = None, num_processes: int = 1) -> Preflight:
     """The whole validation pass (module docstring); nothing is compiled or trained.
 
     Args:
       config: the run's config (data paths may be unresolved).
       workdir: the run's folder (created if missing; nothing else is written).
       allow_config_change: accept a config that differs from the workdir's config.json.
-      num_devices: local devices the batch is split over (None: not checked).
+      num_devices: devices the batch is split over (None: not checked).
+      num_processes: processes of the run (jax.process_count()).
 
     Returns:
       Preflight.
@@ -195,7 +196,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
     Raises:
       ValidationError: listing every problem found.
     """
-    problems = config_check.value_problems(config, num_devices)
+    problems = config_check.value_problems(config, num_devices, num_processes)
     problems += workdir_problems(workdir)
     problems += file_problems(config)
     d = config.data
