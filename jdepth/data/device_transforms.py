@@ -27,7 +27,13 @@ def _rgb_to_hsv(rgb: jax.Array) -> jax.Array:
     s = delta / jnp.where(maxc == 0, 1.0, maxc)
     safe = jnp.where(delta == 0, 1.0, delta)
     rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = jnp.where(maxc == r, bc - gc, jnp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    # The branch is the max channel's index, the first on ties (r, then g, then b), as in
+    # torchvision/PIL. Not `maxc == r`: under jit XLA may recompute `rgb` in several fusions with
+    # different rounding, so a max reduced in one fusion can equal neither r nor g of another and
+    # the wrong branch turns the hue by up to 2/3; argmax always names a channel that is (within
+    # rounding) the max, where every branch is continuous.
+    channel = jnp.argmax(rgb, axis=-1)
+    h = jnp.where(channel == 0, bc - gc, jnp.where(channel == 1, 2.0 + rc - bc, 4.0 + gc - rc))
     h = jnp.where(delta == 0, 0.0, (h / 6.0) % 1.0)
     return jnp.stack([h, s, v], axis=-1)
 
