@@ -7,8 +7,7 @@ the ego pose from thing-masked pairs, one pose per matched car, composed per pix
 The synthetic set renders moving cars and ships exact panoptic labels, so every moving car is a
 matched instance (2.65 instances of >= 1 % per frame on average, at most 6, so M = 8 never
 truncates). Cost: each source frame's pose net also runs on B * M masked pairs, and the warp
-uses a per-pixel transform. tools/benchmark.py on an idle 2-core CPU: 1.53 s/step for
-configs/demo.py, 12.07 s/step here; XLA plan 0.85 -> 1.93 GiB (BENCHMARKS.md).
+uses a per-pixel transform (step time and memory against configs/demo.py: BENCHMARKS.md).
 """
 
 from jdepth.config_files import sibling

@@ -10,8 +10,7 @@ Reference: KITTI Eigen AbsRel 0.098 (manydepth README, ImageNet weights), 20 epo
 teacher and pose frozen after epoch 15. Multi-scale feature fusion (Shyam et al. Sec. 3.5,
 jdepth/models/msff.py): --config.model.msff=True.
 Cost: a CPU step at 640x192, batch 12 and the memory it needs are measured by
-`python tools/benchmark.py --config configs/manydepth.py` (BENCHMARKS.md: 64 s and an 8.35 GiB
-XLA plan on a 2-core CPU).
+`python tools/benchmark.py --config configs/manydepth.py` (BENCHMARKS.md).
 """
 
 from ml_collections import config_dict
