@@ -234,6 +234,16 @@ def _write_splits(root: str, names: list[str], plan: sequences.SplitPlan) -> dic
 # ------------------------------------------------------------------------------------- prepare
 
 
+def _problem(path: str, exc: Exception) -> Problem:
+    """A Problem from an error whose message may already start with the file it is about
+    (`FILE: ...` or `FILE:LINE: ...`); else at `path`."""
+    text = str(exc)
+    where, _, what = text.partition(": ")
+    if what and (where.startswith(path) or os.path.exists(where.split(":")[0])):
+        return Problem(where, what)
+    return Problem(path, text)
+
+
 def _check_sidecars(source, frames, stride, shared_intrinsics) -> tuple[list[Problem], dict]:
     """Intrinsics, speed and depth of one sequence: (problems, parsed values)."""
     problems, parsed = [], {"k_norm": None, "speeds": None}
@@ -258,7 +268,7 @@ def _check_sidecars(source, frames, stride, shared_intrinsics) -> tuple[list[Pro
                                         f"{len(wanted)} frames used, first frame {missing[0]}"))
             parsed["speeds"] = speeds
         except DataError as exc:
-            problems.append(Problem(source.speed, str(exc)))
+            problems.append(_problem(source.speed, exc))
     if source.depth is not None:
         present = set(os.listdir(source.depth))
         missing = [i for i in wanted if f"{i:06d}.png" not in present]
@@ -321,7 +331,7 @@ def prepare(settings: Settings, cache_dir: str,
             info = (decode_video_frames(source, settings.stride, cache_dir)
                     if source.kind == "video" else folder_frames(source, settings.stride))
         except DataError as exc:
-            problems.append(Problem(source.path, str(exc)))
+            problems.append(_problem(source.path, exc))
             continue
         found, values = _check_sidecars(source, info, settings.stride, settings.intrinsics)
         problems += found
@@ -338,7 +348,7 @@ def prepare(settings: Settings, cache_dir: str,
             settings.val_fraction, settings.test_fraction,
             names=[s.path for s in sources])
     except DataError as exc:
-        raise ValidationError([Problem(settings.path, str(exc))], where) from exc
+        raise ValidationError([_problem(settings.path, exc)], where) from exc
     tmp = root + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
