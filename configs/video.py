@@ -25,21 +25,21 @@ from jdepth.config_files import sibling
 def get_config():
     config = sibling(__file__, "demo").get_config()
     config.data.synthetic = config_dict.ConfigDict()  # the data are the sequences below
-    config.data.sequences = config_dict.ConfigDict(dict(
+    config.data.sequences = config_dict.ConfigDict({
         # A video, a folder of frames, or a folder of several (each one sequence); sidecars
         # SEQ.intrinsics.txt, SEQ.speed.csv, SEQ.depth/ (jdepth/data/sequences.py).
-        path=config_dict.placeholder(str),
+        "path": config_dict.placeholder(str),
         # Shared camera when a sequence has no SEQ.intrinsics.txt: 'fx,fy,cx,cy' in pixels of
         # the native frame size, or a KITTI calibration file.
-        intrinsics=config_dict.placeholder(str),
-        stride=1,  # keep every stride-th frame (a 30 fps video moves little between frames)
+        "intrinsics": config_dict.placeholder(str),
+        "stride": 1,  # keep every stride-th frame (a 30 fps video moves little between frames)
         # Targets whose neighbour differs by a mean absolute grey difference below this (0-255,
         # 64-pixel-wide thumbnails) are skipped as static; 0 keeps every frame.
-        static_threshold=1.0,
-        holdout="auto",  # 'sequences' (whole ones, from 3 on under 'auto') or 'ranges' (the ends)
-        val_fraction=0.1,
-        test_fraction=0.1,
-    ))
+        "static_threshold": 1.0,
+        "holdout": "auto",  # 'sequences' (whole ones; 'auto' from 3 on) or 'ranges' (the ends)
+        "val_fraction": 0.1,
+        "test_fraction": 0.1,
+    })
     config.data.gt_kind = "auto"  # known depth -> 'dense' (Eigen protocol on it), else 'none'
     config.data.frame_interval = 0.1  # seconds between kept frames (stride / fps)
     return config

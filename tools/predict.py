@@ -53,7 +53,10 @@ from PIL import Image
 # The readers of videos and frame folders live in jdepth/data/video.py (the custom-sequence data
 # source reads frames through the same ones).
 from jdepth.data.video import (  # numpy and PIL only: JAX is still free to pick its platform
-    IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VIDEO_INSTALL_HINT, decode_video, import_av, video_info,
+    IMAGE_EXTENSIONS,
+    decode_video,
+    import_av,
+    video_info,
 )
 from jdepth.data.video import folder_images as _folder_images
 from jdepth.data.video import is_video as _is_video

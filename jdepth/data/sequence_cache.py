@@ -34,7 +34,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image

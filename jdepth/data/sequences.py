@@ -26,7 +26,7 @@ import csv
 import dataclasses
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -185,7 +185,7 @@ def read_intrinsics(spec: str, width: int, height: int, cam: int = 2) -> np.ndar
         p = calib[key].reshape(3, 4)
         size = (width, height)
         if size_key in calib and calib[size_key].size == 2:
-            size = tuple(int(round(v)) for v in calib[size_key])
+            size = tuple(round(float(v)) for v in calib[size_key])
         k_norm = intrinsics_matrix(p[0, 0], p[1, 1], p[0, 2], p[1, 2], *size, spec)
         return k_norm
     raise DataError(f"{spec}: a KITTI calibration file needs 'P_rect_0{cam}:' (with "
@@ -288,7 +288,7 @@ class SplitPlan:
 
 
 def _held_out_count(fraction: float, n: int) -> int:
-    return 0 if fraction <= 0 else max(1, int(round(fraction * n)))
+    return 0 if fraction <= 0 else max(1, round(fraction * n))
 
 
 def plan_splits(lengths: Sequence[int], static: Sequence[np.ndarray], offsets: Sequence[int],

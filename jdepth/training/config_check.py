@@ -221,7 +221,8 @@ FREE_KEYS = frozenset({
 })
 # Where the data lives may change between machines (the split contents are checked separately).
 PATH_KEYS = frozenset({
-    "data.root", "data.sequences.path", "data.split_dir", "data.train_split", "data.val_split", "data.test_split",
+    "data.root", "data.sequences.path", "data.split_dir", "data.train_split", "data.val_split",
+    "data.test_split",
 })
 
 
