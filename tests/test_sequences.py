@@ -407,8 +407,8 @@ def test_trained_model_beats_the_average_depth_baseline_on_a_synthetic_video(tmp
     """RESULTS.md, "Train on your own video": the demo's data and budget (8 synthetic drives x 60
     frames at 192x64, configs/demo.py's 258 steps) as H.264 videos through configs/video.py;
     the model against the average-depth baseline on the held-out video's known depth (Eigen
-    protocol on the dense depth). Measured: AbsRel 0.284 vs 0.346, SqRel 2.48 vs 2.85. About 5
-    minutes on an idle 2-core CPU (35 minutes with the CPU shared by four other jobs)."""
+    protocol on the dense depth). Measured here: AbsRel 0.288 vs 0.346, SqRel 2.39 vs 2.85, in
+    600 s on the partly shared 2-core CPU (RESULTS.md)."""
     pytest.importorskip("av", reason=NO_AV)
     from jdepth.training import loop
 
