@@ -44,16 +44,23 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import re
 import sys
 import time
 
 import numpy as np
 from PIL import Image
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov")
-VIDEO_INSTALL_HINT = "pip install -e '.[video]' (the 'video' extra: PyAV, av==18.1.0)"
+# The readers of videos and frame folders live in jdepth/data/video.py (the custom-sequence data
+# source reads frames through the same ones).
+from jdepth.data.video import (  # numpy and PIL only: JAX is still free to pick its platform
+    IMAGE_EXTENSIONS,
+    decode_video,
+    import_av,
+    video_info,
+)
+from jdepth.data.video import folder_images as _folder_images
+from jdepth.data.video import is_video as _is_video
+
 # Video frames enter the global colour range through about this many evenly spaced pixels of their
 # network-resolution disparity: 1 KB a frame (100 MB for an hour at 30 fps) instead of 0.5 MB at
 # 640x192, and 2nd/98th percentiles of hundreds of thousands of samples barely move.
@@ -108,32 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def import_av():
-    """The PyAV module, or an ImportError that says how to install it (an optional extra)."""
-    try:
-        import av
-    except ImportError as exc:
-        raise ImportError(f"video input needs PyAV, which is not installed: {VIDEO_INSTALL_HINT}"
-                          ) from exc
-    return av
 
 
-def _natural_key(name: str) -> list:
-    """frame_2 before frame_10: digit runs compare as numbers (the pieces alternate str, int)."""
-    return [int(piece) if piece.isdigit() else piece for piece in re.split(r"(\d+)", name)]
-
-
-def _folder_images(folder: str) -> list[str]:
-    """Image paths under `folder`, folder by folder, each folder's names in natural order."""
-    paths = []
-    for root, _, names in sorted(os.walk(folder)):
-        paths.extend(os.path.join(root, name) for name in sorted(names, key=_natural_key)
-                     if name.lower().endswith(IMAGE_EXTENSIONS))
-    return paths
-
-
-def _is_video(path: str) -> bool:
-    return os.path.isfile(path) and path.lower().endswith(VIDEO_EXTENSIONS)
 
 
 def find_images(inputs: list[str]) -> list[tuple[str, str]]:
@@ -391,39 +374,7 @@ def predict_images(predictor: Predictor, images, predecessors: dict[str, str]):
     return done, failures
 
 
-def _open_video(av, path: str):
-    """(container, its first video stream); kitti.DataError naming the file when unreadable."""
-    from jdepth.data import kitti
 
-    try:
-        container = av.open(path)
-    except av.FFmpegError as exc:
-        raise kitti.DataError(f"{path}: cannot open video: {exc}") from exc
-    if not container.streams.video:
-        container.close()
-        raise kitti.DataError(f"{path}: no video stream")
-    return container, container.streams.video[0]
-
-
-def decode_video(av, path: str):
-    """Yields the uint8 [H, W, 3] RGB frames of the first video stream, in presentation order."""
-    from jdepth.data import kitti
-
-    container, stream = _open_video(av, path)
-    with container:
-        stream.thread_type = "AUTO"
-        try:
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
-        except av.FFmpegError as exc:
-            raise kitti.DataError(f"{path}: cannot decode video: {exc}") from exc
-
-
-def video_info(av, path: str):
-    """(frame count or None when the container does not say, frame rate) of the first stream."""
-    container, stream = _open_video(av, path)
-    with container:
-        return (stream.frames or None), (stream.average_rate or stream.guessed_rate or 30)
 
 
 def predict_video(av, predictor: Predictor, path: str, stem: str) -> dict:

@@ -18,6 +18,11 @@ from jdepth.data.validate import Problem
 PARALLEL_MODES = ("pmap", "jit")
 ON_MISSING = ("raise", "clamp")
 IMAGE_EXTS = (None, "png", "jpg")
+# Evaluation ground truth, both scored with the Eigen protocol (Garg crop, depth within 80 m):
+# velodyne scans, or dense depth PNGs (proj_depth/groundtruth: exact on the synthetic set, as
+# jdepth/eval/regions.py); none (no evaluation); 'auto' (own sequences): dense when known.
+GT_KINDS = ("velodyne", "dense", "none", "auto")
+HOLDOUTS = ("auto", "sequences", "ranges")
 # The encoders halve the resolution five times and the decoders add skips back at every level.
 RESOLUTION_MULTIPLE = 32
 
@@ -63,6 +68,12 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.num_workers", _int_at_least(0), "an integer >= 0"),
     ("data.frame_cache_mb", _int_at_least(0), "an integer >= 0"),
     ("data.frame_interval", _POSITIVE, "a positive number of seconds"),
+    ("data.gt_kind", lambda x: x in GT_KINDS, f"one of {GT_KINDS}"),
+    ("data.sequences.stride", _int_at_least(1), "an integer >= 1"),
+    ("data.sequences.static_threshold", _NON_NEGATIVE, "a number >= 0 (0: keep every frame)"),
+    ("data.sequences.holdout", lambda x: x in HOLDOUTS, f"one of {HOLDOUTS}"),
+    ("data.sequences.val_fraction", _num_in(0.0, 1.0, high_open=True), "in [0, 1)"),
+    ("data.sequences.test_fraction", _num_in(0.0, 1.0, high_open=True), "in [0, 1)"),
     ("model.min_depth", _POSITIVE, "a positive number"),
     ("model.max_depth", _POSITIVE, "a positive number"),
     ("model.scales", lambda x: isinstance(x, (tuple, list)) and len(x) >= 1
@@ -133,6 +144,14 @@ def value_problems(config, num_devices: int | None = None,
             and not flat.get("data.load_velocity"):
         problems.append(Problem("config.loss.velocity_weight",
                                 "> 0 needs config.data.load_velocity=True (the oxts speeds)"))
+    if flat.get("data.sequences.path") and flat.get("data.root"):
+        problems.append(Problem("config.data.sequences.path", "and config.data.root are both "
+                                "set: use one data source (your sequences or a KITTI root)"))
+    fractions = [flat.get(f"data.sequences.{k}_fraction") for k in ("val", "test")]
+    if all(_num(f) for f in fractions) and sum(fractions) >= 1:
+        problems.append(Problem("config.data.sequences.test_fraction",
+                                f"val and test fractions sum to {sum(fractions):g}: nothing "
+                                "left for training"))
     batch = flat.get("train.batch_size")
     if num_devices and _int(batch) and batch > 0 and batch % num_devices:
         problems.append(Problem("config.train.batch_size", f"{batch} does not divide over the "
@@ -217,7 +236,8 @@ FREE_KEYS = frozenset({
 })
 # Where the data lives may change between machines (the split contents are checked separately).
 PATH_KEYS = frozenset({
-    "data.root", "data.split_dir", "data.train_split", "data.val_split", "data.test_split",
+    "data.root", "data.sequences.path", "data.split_dir", "data.train_split", "data.val_split",
+    "data.test_split",
 })
 
 

@@ -78,15 +78,23 @@ def _check_finite(metrics: dict, step: int, max_skipped: int) -> None:
         )
 
 
+def _split_gt(config, split: str, workdir: str):
+    """Ground truth of split `split`, cached: velodyne scans, or the dense depth PNGs with
+    `config.data.gt_kind='dense'` (own sequences with known depth)."""
+    kind = "eigen_benchmark" if preflight.gt_kind(config) == "dense" else "eigen"
+    return depth_eval.gt_depths_for_split(
+        config.data.root, config.data[f"{split}_split"],
+        os.path.join(workdir, "eval", f"gt_{split}.npz"), kind=kind)
+
+
 def evaluate(predictor: DepthPredictor, config, split: str, workdir: str, max_images=None):
-    """Metrics of `predictor` on split `split` ('val' or 'test') with cached velodyne GT."""
-    split_file = config.data[f"{split}_split"]
-    gt = depth_eval.gt_depths_for_split(
-        config.data.root, split_file, os.path.join(workdir, "eval", f"gt_{split}.npz")
-    )
+    """Metrics of `predictor` on split `split` ('val' or 'test') with cached ground truth, scored
+    with the Eigen protocol whatever the ground truth (as jdepth/eval/regions.py scores dense
+    depth), so numbers on dense depth read like the velodyne ones."""
     return depth_eval.evaluate_split(
-        predictor, config.data.root, split_file, gt,
-        median_scaling=not predictor.absolute, max_images=max_images,
+        predictor, config.data.root, config.data[f"{split}_split"],
+        _split_gt(config, split, workdir), median_scaling=not predictor.absolute,
+        max_images=max_images,
     )
 
 
@@ -245,7 +253,9 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
         return predictor
 
     # ------------------------------------------------------------------------------- loop
-    eval_every = config.train.eval_every_epochs * steps_per_epoch if config.train.eval_every_epochs else 0
+    has_gt = preflight.gt_kind(config) != "none"  # own sequences without known depth
+    eval_every = (config.train.eval_every_epochs * steps_per_epoch
+                  if config.train.eval_every_epochs and has_gt else 0)
     bar = tqdm(total=total_steps, initial=start_step, desc=config.recipe, dynamic_ncols=True,
                disable=not (config.train.progress_bar and primary))
     note = bar.write if primary else (lambda message: None)  # one console line per run
@@ -312,11 +322,19 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
 
     # -------------------------------------------------------------------- final evaluation
     final = predictor_now()
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    if not has_gt:
+        writer.close()
+        print("\nNo ground truth depth for these sequences (config.data.gt_kind='none'): the "
+              "model is trained but not evaluated. Look at its depth with tools/predict.py.")
+        result = {"num_traces": parallel.num_traces}
+        with open(os.path.join(workdir, "eval", "train_final_test_metrics.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        return result
     result = evaluate(final, config, "test", workdir)
     result["num_traces"] = parallel.num_traces
     writer.scalars(total_steps, {f"test/{k}": v for k, v in result.items() if np.isscalar(v)})
     writer.close()
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     print(f"\nTest split ({config.data.test_split}), "
           f"{'absolute depth' if final.absolute else 'median-scaled'}:")
     print(format_metrics_table(result))
@@ -363,10 +381,8 @@ def mean_depth_baseline(config, workdir: str, median_scaling: bool = True,
         source = "velodyne"
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     np.savez(cache, depth=depth_map, source=source)
-    gt = depth_eval.gt_depths_for_split(
-        config.data.root, config.data.test_split, os.path.join(workdir, "eval", "gt_test.npz")
-    )
-    result = depth_eval.evaluate_constant_prediction(depth_map, gt, median_scaling=median_scaling)
+    result = depth_eval.evaluate_constant_prediction(
+        depth_map, _split_gt(config, "test", workdir), median_scaling=median_scaling)
     result["map_source"] = source
     return result
 

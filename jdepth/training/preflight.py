@@ -5,6 +5,9 @@ What it checks (each problem names the file and line, or the config key):
   * config values in their ranges (jdepth/training/config_check.py);
   * the workdir and its checkpoints, eval and tb folders can be written (a probe file is created
     and deleted in each);
+  * your own sequences (config.data.sequences): prepared once into a KITTI-layout tree, whose
+    problems (unreadable video, bad intrinsics, too short, bad speed CSV) name the file; a speed
+    loss without a speed file, or a frame interval that is not the video's;
   * the data root, every split the run reads, every frame and neighbour of every line, the
     per-frame files the recipe reads, each drive's calibration (jdepth/data/validate.py);
   * the config against the workdir's config.json when the workdir holds checkpoints: a change is
@@ -21,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-from jdepth.data import kitti
+from jdepth.data import kitti, sequence_cache
 from jdepth.data.validate import DataReport, Problem, SplitSpec, ValidationError, check_data
 from jdepth.interop import encoder_init
 from jdepth.training import checkpoint, config_check, datasets
@@ -135,10 +138,21 @@ def _gt_cache_matches(workdir: str, split: str, split_file: str) -> bool:
         return False
 
 
+# Per-target file kind each evaluation ground truth reads (config.data.gt_kind).
+GT_FILE_KINDS = {"velodyne": "velodyne", "dense": "dense_gt", "none": None}
+
+
+def gt_kind(config) -> str:
+    """The resolved ground-truth kind: 'velodyne' (the default), 'dense' or 'none'."""
+    return config.data.get("gt_kind") or "velodyne"
+
+
 def data_specs(config, workdir: str) -> list[SplitSpec]:
     """What the run reads from each split: training frames and neighbours (plus labels or oxts
-    when the recipe reads them), evaluation frames and their velodyne scans."""
+    when the recipe reads them), evaluation frames and their ground truth (velodyne scans or
+    dense depth, `gt_kind`; nothing without ground truth, where nothing is evaluated)."""
     d = config.data
+    kind = GT_FILE_KINDS.get(gt_kind(config))
     frame_ids = tuple(d.frame_ids) if config_check.is_valid(config, "data.frame_ids") else (0,)
     per_frame = tuple(kind for kind, on in (("panoptic", d.get("load_panoptic")),
                                             ("oxts", d.get("load_velocity"))) if on)
@@ -146,15 +160,35 @@ def data_specs(config, workdir: str) -> list[SplitSpec]:
     specs = [SplitSpec("train", d.train_split, offsets=frame_ids,
                        on_missing=d.get("on_missing", "raise"), per_frame=per_frame,
                        optional=BASELINE_SOURCES, **common)]
-    splits = ["test"]
-    if config.train.get("eval_every_epochs"):
+    splits = ["test"] if kind else []
+    if config.train.get("eval_every_epochs") and kind:
         splits.insert(0, "val")
     for split in splits:
         path = d[f"{split}_split"]
-        needs_scans = not (path and os.path.isfile(path) and _gt_cache_matches(workdir, split, path))
-        specs.append(SplitSpec(split, path, per_target=("velodyne",) if needs_scans else (),
-                               **common))
+        needs_gt = not (path and os.path.isfile(path) and _gt_cache_matches(workdir, split, path))
+        specs.append(SplitSpec(split, path, per_target=(kind,) if needs_gt else (), **common))
     return specs
+
+
+def sequence_problems(config) -> list[Problem]:
+    """What the prepared sequences lack for this run: a speed file per sequence when the speed
+    loss reads speeds, and a frame interval that matches each video's rate (the speed loss turns
+    speed x interval into metres; a 30 fps video at the KITTI default 0.1 s is 3x off)."""
+    summary = sequence_cache.read_summary(config.data.root)
+    if summary is None or not config.data.get("load_velocity"):
+        return []
+    problems = []
+    stride, interval = summary["settings"]["stride"], config.data.get("frame_interval")
+    for s in summary["sequences"]:
+        if not s["speed"]:
+            stem = os.path.splitext(s["source"])[0] if s["kind"] == "video" else s["source"]
+            problems.append(Problem(s["source"], "config.data.load_velocity=True but there is no "
+                                    f"speed file {stem}.speed.csv ('frame index, speed in m/s')"))
+        if s["fps"] and interval and abs(interval * s["fps"] / stride - 1) > 0.01:
+            problems.append(Problem("config.data.frame_interval", f"{interval:g} s, but "
+                                    f"{s['source']} runs at {s['fps']:.4g} fps with stride "
+                                    f"{stride}: set it to {stride / s['fps']:.6g}"))
+    return problems
 
 
 def file_problems(config) -> list[Problem]:
@@ -201,13 +235,18 @@ def run(config, workdir: str, *, allow_config_change: bool = False,
     problems += file_problems(config)
     d = config.data
     synthetic = bool(d.get("synthetic") and d.synthetic.to_dict())
-    if not d.get("root") and not synthetic:
+    if not d.get("root") and not synthetic and not datasets.uses_sequences(config):
         raise ValidationError(problems + [Problem("config.data.root", "not set: pass "
                               "--config.data.root=/path/to/kitti_raw (or use configs/demo.py, "
-                              "which generates synthetic data)")])
-    if problems and not d.get("root") and not datasets.synthetic_ready(config):
-        raise ValidationError(problems)  # before minutes of generating the synthetic set
-    config = datasets.resolve_data(config, workdir)
+                              "which generates synthetic data, or configs/video.py with "
+                              "--config.data.sequences.path=VIDEO_OR_FOLDER)")])
+    if problems and not datasets.data_ready(config):
+        raise ValidationError(problems)  # before minutes of generating or decoding data
+    try:
+        config = datasets.resolve_data(config, workdir)
+    except ValidationError as exc:  # the sequences' own problems, listed with the others
+        raise ValidationError(problems + exc.problems) from exc
+    problems += sequence_problems(config)
     report = check_data(config.data.root, data_specs(config, workdir))
     problems += report.problems
     n_train, batch = report.frames.get("train", 0), config.train.batch_size
