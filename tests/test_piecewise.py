@@ -406,6 +406,9 @@ def test_config_switch_and_pipeline_settings():
 @pytest.mark.parametrize("instance_input", ["masked", "ego_warped"])
 def test_piecewise_step_compiles_once_for_different_instance_counts(instance_input):
     config = _config(True, frame_ids=(0, -1))  # an earlier frame: the inverted pair order
+    # The motion prior and the ego-warped input need residual instance motions (the default,
+    # the paper's "absolute", has none).
+    config.piecewise.instance_pose = "residual"
     config.piecewise.motion_prior_weight = 0.05
     config.piecewise.size_prior_weight = 0.1
     config.piecewise.contact_prior_weight = 0.1
