@@ -89,7 +89,7 @@ def test_pixel_weights_multiply_and_frozen_masks_unite():
     b = jnp.asarray([[[[1.0], [0.0]], [[1.0], [1.0]]]])
     src = plugins.PoseSource({}, {}, None, {}, pixel_weights=jnp.full((1, 2, 2, 1), 2.0))
     ps = [_plugin("a", pixel_weights=lambda batch: a), _plugin("b", pixel_weights=lambda batch: b)]
-    np.testing.assert_allclose(plugins.pixel_weights(ps, {}, src), 2.0 * 0.5 * b)
+    np.testing.assert_allclose(plugins.pixel_weights(ps, {}, src.pixel_weights), 2.0 * 0.5 * b)
     assert plugins.pixel_weights([_plugin("none")], {}) is None
     m1 = jnp.asarray([[[[True], [False]], [[False], [False]]]])
     m2 = jnp.asarray([[[[False], [False]], [[False], [True]]]])

@@ -187,11 +187,9 @@ def _teacher_outputs(params, batch_stats, frames_aug, batch, joint, networks, co
 
     Returns:
       dict: ``poses`` {f: [B, 4, 4]} (global), ``warp_poses`` (the photometric warp's),
-      ``disps`` {s: [B, h, w, 1]}, ``depth_aux``, ``depth`` [B, H, W, 1] (full resolution),
-      ``pose_aux``, ``pose_extras``, ``pixel_weights`` (None without a pose source) and
-      ``stats`` {"mono", "pose"}.
+      ``disps`` {s: [B, h, w, 1]}, ``depth_aux``, ``pose_aux``, ``pose_extras``,
+      ``pixel_weights`` (the pose source's, or None) and ``stats`` {"mono", "pose"}.
     """
-    model = config.model
     fixed = jax.lax.stop_gradient(params)
     mono_vars = {"params": params["mono"], "batch_stats": batch_stats["mono"]}
     (disps, mono_aux), updates = networks["mono"].apply(
@@ -201,25 +199,11 @@ def _teacher_outputs(params, batch_stats, frames_aug, batch, joint, networks, co
         {"params": fixed["mono"], "batch_stats": batch_stats["mono"]}, frames_aug[0], train=False
     )
 
-    def depth_of(d):
-        return geometry.disp_to_depth(d[0], model.min_depth, model.max_depth)[1]
-
     def pose_outputs(variables, train, disps_now):
-        if source is None:
-            poses, stats = monodepth.predict_poses(
-                networks["pose"], variables["pose"], batch_stats["pose"], frames_aug, train=train
-            )
-            return {"poses": poses, "warp_poses": poses, "pose_stats": stats, "pose_aux": {},
-                    "pose_extras": None}
-        instance = None
-        if piecewise.INSTANCE_NET in variables:
-            instance = (variables[piecewise.INSTANCE_NET], batch_stats[piecewise.INSTANCE_NET])
-        posed = source.poses(
-            networks["pose"], variables["pose"], batch_stats["pose"], frames_aug, batch,
-            train=train, ego_view=(depth_of(disps_now), K, inv_K), instance_variables=instance)
-        return {"poses": posed.poses, "warp_poses": posed.warp_poses,
-                "pose_stats": posed.batch_stats, "pose_aux": posed.aux,
-                "pose_extras": posed.extras, "pixel_weights": posed.pixel_weights}
+        depth = geometry.disp_to_depth(disps_now[0], config.model.min_depth,
+                                       config.model.max_depth)[1]
+        return monodepth.step_poses(source, networks, variables, batch_stats, frames_aug, batch,
+                                    train=train, ego_view=(depth, K, inv_K))
 
     live = pose_outputs(params, True, disps)
     frozen = pose_outputs(fixed, False, frozen_disps)
@@ -229,15 +213,17 @@ def _teacher_outputs(params, batch_stats, frames_aug, batch, joint, networks, co
             lambda a, b: jnp.where(joint, a, jax.lax.stop_gradient(b)), new, old
         )
 
-    out = {key: pick(live[key], frozen[key])
-           for key in ("poses", "warp_poses", "pose_aux", "pose_extras")}
-    out["pixel_weights"] = live.get("pixel_weights")  # the gating only: no train/eval difference
-    out["disps"] = pick(disps, frozen_disps)
-    out["depth_aux"] = pick(mono_aux, frozen_aux)
-    out["depth"] = depth_of(out["disps"])
-    out["stats"] = {"mono": pick(updates["batch_stats"], batch_stats["mono"]),
-                    "pose": pick(live["pose_stats"], batch_stats["pose"])}
-    return out
+    return {
+        "poses": pick(live.poses, frozen.poses),
+        "warp_poses": pick(live.warp_poses, frozen.warp_poses),
+        "pose_aux": pick(live.aux, frozen.aux),
+        "pose_extras": pick(live.extras, frozen.extras),
+        "pixel_weights": live.pixel_weights,  # the gating only: no train/eval difference
+        "disps": pick(disps, frozen_disps),
+        "depth_aux": pick(mono_aux, frozen_aux),
+        "stats": {"mono": pick(updates["batch_stats"], batch_stats["mono"]),
+                  "pose": pick(live.batch_stats, batch_stats["pose"])},
+    }
 
 
 def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axis_name):
@@ -257,10 +243,7 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
     teacher = _teacher_outputs(params, batch_stats, frames_aug, batch, joint, networks, config,
                                source, inputs["K"], inputs["inv_K"])
     poses, warp_poses, mono_disps = teacher["poses"], teacher["warp_poses"], teacher["disps"]
-    pixel_weights = plugins_lib.pixel_weights(plugs, batch) if plugs else None
-    if teacher["pixel_weights"] is not None:
-        pixel_weights = (teacher["pixel_weights"] if pixel_weights is None
-                         else pixel_weights * teacher["pixel_weights"])
+    pixel_weights = plugins_lib.pixel_weights(plugs, batch, teacher["pixel_weights"])
     # The teacher's loss is computed in both phases (logged) but only trains before the freeze.
     teacher_total, teacher_aux = md_losses.teacher_loss(
         mono_disps, frames[0], sources, warp_poses, inputs["K"], inputs["inv_K"], pyramid,
@@ -319,7 +302,8 @@ def _loss_fn(params, batch_stats, extra, inputs, joint, *, networks, config, axi
                       "depth": multi_depth, "pose_extras": None},
             # The single-frame teacher: ISSL and the piece-wise priors, with its poses.
             "single_frame": {"disps": mono_disps, "poses": poses,
-                             "depth_aux": teacher["depth_aux"], "depth": teacher["depth"],
+                             "depth_aux": teacher["depth_aux"],
+                             "depth": teacher_aux["depths"][0],  # with gradient (priors)
                              "pose_extras": teacher["pose_extras"]},
         }
         # The teacher's plug-ins train it only before the freeze, as its own loss.
@@ -357,14 +341,12 @@ def train_step(
         "frames": frames, "frames_aug": frames_aug, "pyramid": pyramid, "K": K, "inv_K": inv_K,
         "K_match": batch["K"][:, MATCHING_SCALE], "inv_K_match": batch["inv_K"][:, MATCHING_SCALE],
         "sample_keys": monodepth.automask_noise_key(step_rng, batch["index"]),
-        "static": static, "zero_cost_volume": zero, "index": batch["index"],
+        "static": static, "zero_cost_volume": zero,
         "plugin_rng": jax.random.fold_in(step_rng, 2), "step": state.step, "batch": batch,
     }
     active = monodepth.automask_active(config, state.step)  # loss.automask_start_step
     if active is not None:
         inputs["automask_active"] = active
-    if "panoptic" in batch:
-        inputs["panoptic"] = batch["panoptic"][:, 0]  # frame 0, flipped with the images
     if config.loss.get("velocity_weight", 0.0) > 0:
         inputs["velocity"] = batch["velocity"][:, 0]
     joint = state.step < teacher_freeze.freeze_step(config)

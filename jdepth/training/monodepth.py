@@ -254,22 +254,9 @@ def train_step(
         )
         # Full-resolution target depth: the warp's, the plug-ins' and the diagnostics'.
         depth = geometry.disp_to_depth(disps[0], config.model.min_depth, config.model.max_depth)[1]
-        if source is not None:
-            instance = None
-            if piecewise.INSTANCE_NET in params:
-                instance = (params[piecewise.INSTANCE_NET],
-                            state.batch_stats[piecewise.INSTANCE_NET])
-            posed = source.poses(
-                networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, batch,
-                train=True, ego_view=(depth, K, inv_K), instance_variables=instance)
-            poses, warp_poses, pose_stats = posed.poses, posed.warp_poses, posed.batch_stats
-            pose_aux, pose_extras = posed.aux, posed.extras
-        else:
-            posed = None
-            poses, pose_stats = predict_poses(
-                networks["pose"], params["pose"], state.batch_stats["pose"], frames_aug, train=True
-            )
-            warp_poses, pose_aux, pose_extras = poses, {}, None
+        posed = step_poses(source, networks, params, state.batch_stats, frames_aug, batch,
+                           train=True, ego_view=(depth, K, inv_K))
+        poses, warp_poses = posed.poses, posed.warp_poses
         if v1:
             total, aux = monodepth_losses.monodepth_loss_v1(
                 disps, dict(enumerate(pyramid)),
@@ -284,15 +271,16 @@ def train_step(
         else:
             total, aux = photometric_objective(
                 disps, frames, pyramid, warp_poses, K, inv_K, sample_keys, config,
-                pixel_weights=plugins_lib.pixel_weights(plugs, batch, posed), step=state.step,
+                pixel_weights=plugins_lib.pixel_weights(plugs, batch, posed.pixel_weights),
+                step=state.step,
                 depth_frozen_mask=plugins_lib.depth_frozen_mask(plugs, batch),
                 axis_name=axis_name,
             )
         # Networks without updates here (a separate instance pose net: its updates are
         # discarded, jdepth/training/piecewise.py) keep their statistics.
         batch_stats = {**state.batch_stats, "depth": depth_updates["batch_stats"],
-                       "pose": pose_stats}
-        aux = {**aux, **pose_summary(poses), **pose_aux, **collapse.step_diagnostics(
+                       "pose": posed.batch_stats}
+        aux = {**aux, **pose_summary(poses), **posed.aux, **collapse.step_diagnostics(
             depth, warp_poses, K, inv_K, config.model.min_depth, config.model.max_depth,
             aux.get("identity_selection"), warp_depth=aux.get("depth"))}
         if config.loss.get("velocity_weight", 0.0) > 0:
@@ -305,7 +293,7 @@ def train_step(
         if any(p.loss is not None for p in plugs):
             inputs = plugin_inputs(batch, frames, frames_aug, K, inv_K)
             outputs = {"disps": disps, "poses": poses, "depth_aux": depth_aux, "depth": depth,
-                       "pose_extras": pose_extras}
+                       "pose_extras": posed.extras}
             # One depth network: it is both the evaluated and the single-frame one.
             extra, extra_aux = plugins_lib.extra_losses(
                 plugs, params, batch_stats, inputs,
@@ -323,6 +311,30 @@ def train_step(
     if axis_name is not None:
         metrics = jax.lax.pmean(metrics, axis_name)
     return new_state, metrics
+
+
+def step_poses(source, networks, params, batch_stats, frames_aug, batch, *, train: bool,
+               ego_view) -> plugins_lib.PoseSource:
+    """The step's poses: from the pose-source plug-in (jdepth/training/plugins.py) when there is
+    one, else `predict_poses` (warp poses = global poses, no pixel weights).
+
+    Args:
+      source: `plugins.pose_source(...)`, or None.
+      networks, params, batch_stats: by network name ("pose", and a separate instance pose net).
+      frames_aug: {f: [B, H, W, 3]} the pose nets' inputs.
+      batch: the step's batch (the plug-in's instance targets).
+      train: train mode (False: a frozen pose net in eval mode, ManyDepth after its freeze).
+      ego_view: (depth [B, H, W, 1], K, inv_K) for a source that warps by the ego pose.
+    """
+    if source is None:
+        poses, stats = predict_poses(networks["pose"], params["pose"], batch_stats["pose"],
+                                     frames_aug, train=train)
+        return plugins_lib.PoseSource(poses, poses, stats, {})
+    instance = None
+    if piecewise.INSTANCE_NET in params:
+        instance = (params[piecewise.INSTANCE_NET], batch_stats[piecewise.INSTANCE_NET])
+    return source.poses(networks["pose"], params["pose"], batch_stats["pose"], frames_aug, batch,
+                        train=train, ego_view=ego_view, instance_variables=instance)
 
 
 def plugin_inputs(batch: dict, frames, frames_aug, K, inv_K) -> dict:

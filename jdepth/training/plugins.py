@@ -142,10 +142,10 @@ def small_objects_enabled(config) -> bool:
     return bool(section is not None and section.get("small_objects", False))
 
 
-def small_objects_plugin(config) -> Plugin:
+def small_objects_plugin() -> Plugin:
     """Small-object masking (Shyam et al. Sec. 3): frame-0 thing pixels outside every instance of
-    at least `masking.min_area_fraction` of the image get photometric weight 0."""
-    del config
+    at least `masking.min_area_fraction` of the image (the pipeline's `small_object_mask`) get
+    photometric weight 0."""
 
     def weights(batch):
         if "small_object_mask" not in batch:
@@ -178,7 +178,7 @@ def build(config, networks: dict, step: jax.Array, family: str,
     if piecewise.is_enabled(config):
         plugins.append(piecewise_plugin(config, networks, step))
     if small_objects_enabled(config):
-        plugins.append(small_objects_plugin(config))
+        plugins.append(small_objects_plugin())
     if issl_plugin.is_enabled(config):
         plugins.append(Plugin(
             name="issl", reads="single_frame",
@@ -200,9 +200,10 @@ def pose_source(plugins: list[Plugin]) -> Plugin | None:
     return sources[0] if sources else None
 
 
-def pixel_weights(plugins: list[Plugin], batch: dict, source: PoseSource | None = None):
-    """The product of every plug-in's and the pose source's pixel weights, or None."""
-    weights = [] if source is None or source.pixel_weights is None else [source.pixel_weights]
+def pixel_weights(plugins: list[Plugin], batch: dict, source_weights: jax.Array | None = None):
+    """The product of every plug-in's pixel weights and the pose source's (`PoseSource.
+    pixel_weights`, None for none), or None."""
+    weights = [] if source_weights is None else [source_weights]
     weights += [p.pixel_weights(batch) for p in plugins if p.pixel_weights is not None]
     if not weights:
         return None
