@@ -35,6 +35,10 @@ def add_student(config, scale_aware: bool = False):
     # (an un-metric teacher on the synthetic suite) lies well inside, three decades either way.
     m.gamma_min = 1e-3
     m.gamma_max = 1e3
+    # The head's global logit (one scalar: the video's scale) learns at lr x 100: at the paper's
+    # 1e-4 it moves log(gamma) by up to ~0.035 per step, so a ratio of 58 takes ~150 steps
+    # rather than ~10^4 (jdepth/models/scale_head.py, tests/test_student.py).
+    config.optim.scale_lr_scale = 100.0 if scale_aware else 1.0
 
     d = config.distill = config_dict.ConfigDict()
     d.teacher_workdir = config_dict.placeholder(str)  # a trained manydepth(_plus) workdir

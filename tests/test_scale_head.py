@@ -9,10 +9,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
+from conftest import load_config
 
 from jdepth import geometry
 from jdepth.models.scale_head import ScaleHead
 from jdepth.training import student
+from jdepth.training.state import make_optimizer
 
 
 def _distill_config():
@@ -22,10 +25,14 @@ def _distill_config():
     })
 
 
-def test_gamma_follows_a_jump_of_the_student_depth_without_saturating():
-    """The full-width head (128 channels on HRNet's 144) at the demo's Adam lr 2e-4 while the
-    student's depth jumps x10 at step 30, as in a short demo run (RESULTS.md): gamma must go
-    from 1 to 0.1, and Adam's momentum must not carry it onto the sigmoid's flat floor."""
+@pytest.mark.parametrize("features", ["relu_normal", "dead"])
+def test_gamma_follows_a_jump_of_the_student_depth_without_saturating(features):
+    """The full-width head (128 channels on HRNet's 144) with the demo student's optimizer (lr
+    2e-4, the global logit at x100) while the student's depth jumps x10 at step 30, as in a short
+    demo run (RESULTS.md): gamma must go from 1 to 0.1 within 200 steps, and Adam's momentum must
+    not carry it onto the sigmoid's flat floor. "dead": all-zero encoder features, so the convs'
+    output cannot depend on the image (the dead-ReLU state of that run): the global logit alone
+    must carry the factor."""
     config = _distill_config()
     rng = np.random.default_rng(0)
     b, h, w = 8, 16, 24
@@ -35,9 +42,13 @@ def test_gamma_follows_a_jump_of_the_student_depth_without_saturating():
     min_disp, max_disp = 1 / 100.0, 1 / 0.1
     head = ScaleHead()
     deepest = jnp.asarray(np.maximum(rng.standard_normal((b, 2, 6, 144)), 0), jnp.float32)
-    params = head.init(jax.random.key(0), deepest)["params"]
-    tx = optax.adam(2e-4)
-    steps = 400
+    if features == "dead":
+        deepest = jnp.zeros_like(deepest)
+    params = {"depth": head.init(jax.random.key(0), deepest)["params"]}
+    optim = load_config("hrdepth_pp_demo").optim
+    optim.decay_epochs = ()
+    tx = make_optimizer(optim, steps_per_epoch=10)
+    steps = 230
     jump = jnp.where(jnp.arange(steps) < 30, 1.0, 10.0)
 
     def step(carry, factor):
@@ -47,15 +58,68 @@ def test_gamma_follows_a_jump_of_the_student_depth_without_saturating():
             # The sigmoid disparity whose depth is factor x base (D_s 0.1 .. 0.33, x10 in range).
             moved = (scaled / factor - min_disp) / (max_disp - min_disp)
             outputs = {"disps": {0: moved},
-                       "depth_aux": {"scale": head.apply({"params": p}, deepest)}}
+                       "depth_aux": {"scale": head.apply({"params": p["depth"]}, deepest)}}
             return student.distillation_term(outputs, teacher, config)[0]
 
         grads = jax.grad(loss_fn)(p)
         updates, opt = tx.update(grads, opt, p)
         p = optax.apply_updates(p, updates)
-        return (p, opt), head.apply({"params": p}, deepest).mean()
+        return (p, opt), head.apply({"params": p["depth"]}, deepest).mean()
 
     (params, _), gammas = jax.jit(lambda c: jax.lax.scan(step, c, jump))((params, tx.init(params)))
     gammas = np.asarray(gammas)
     assert gammas.min() > 0.01  # may overshoot, but stays off the floor (1e-3)
-    np.testing.assert_allclose(gammas[-50:], 0.1, rtol=0.03)
+    np.testing.assert_allclose(gammas[-30:], 0.1, rtol=0.03)
+
+
+def _track(tx, factors, dead: bool = True):
+    """gamma after each step of the head trained by `tx` on the distillation L1 alone while the
+    student's depth is `factors[t]` x a fixed map and the teacher that map (ratio 1 = right)."""
+    config = _distill_config()
+    rng = np.random.default_rng(1)
+    b, h, w = 8, 16, 24
+    base = jnp.asarray(rng.uniform(2.0, 40.0, (b, h, w, 1)), jnp.float32)
+    teacher = base * jnp.exp(0.05 * rng.standard_normal((b, h, w, 1)))
+    min_disp, max_disp = 1 / 100.0, 1 / 0.1
+    head = ScaleHead()
+    deepest = jnp.zeros((b, 2, 6, 144)) if dead else jnp.asarray(
+        np.maximum(rng.standard_normal((b, 2, 6, 144)), 0), jnp.float32)
+    params = {"depth": head.init(jax.random.key(0), deepest)["params"]}
+
+    def step(carry, factor):
+        p, opt = carry
+
+        def loss_fn(p):
+            disp = (1.0 / (base * factor) - min_disp) / (max_disp - min_disp)
+            outputs = {"disps": {0: disp},
+                       "depth_aux": {"scale": head.apply({"params": p["depth"]}, deepest)}}
+            return student.distillation_term(outputs, teacher, config)[0]
+
+        updates, opt = tx.update(jax.grad(loss_fn)(p), opt, p)
+        p = optax.apply_updates(p, updates)
+        return (p, opt), head.apply({"params": p["depth"]}, deepest).mean()
+
+    _, gammas = jax.jit(lambda c: jax.lax.scan(step, c, factors))((params, tx.init(params)))
+    return np.asarray(gammas)
+
+
+def test_gamma_recovers_after_the_student_depth_swings_up_and_back():
+    """The swing of a from-scratch student measured in a short run (RESULTS.md): its depth x100
+    for 20 steps, then back. The recipe's optimizer (Adam on the gradient's sign for the global
+    logit) follows the swing down at its rate-limited pace (it moves log(gamma) by at most ~0.07
+    a step, so a 20-step swing is not chased all the way) and returns to 1; Adam on the raw
+    gradient keeps the swing's large gradients in its second moment and is still far off."""
+    optim = load_config("hrdepth_pp_demo").optim
+    optim.decay_epochs = ()
+    factors = jnp.concatenate([jnp.ones(20), jnp.full(20, 100.0), jnp.ones(190)])
+    gammas = _track(make_optimizer(optim, steps_per_epoch=10), factors)
+    assert gammas[39] < 0.7 * gammas[19]  # it followed the swing down
+    np.testing.assert_allclose(gammas[-20:], 1.0, rtol=0.03)
+
+    lr = optim.lr * optim.scale_lr_scale
+    raw = optax.multi_transform(
+        {"scale": optax.adam(lr), "other": optax.adam(optim.lr)},
+        lambda p: jax.tree_util.tree_map_with_path(
+            lambda path, _: "scale" if path[-1].key == "global_logit" else "other", p))
+    stalled = _track(raw, factors)
+    assert abs(np.log(stalled[-1])) > 1.0, stalled[-1]

@@ -242,15 +242,25 @@ def _distill_config(depth_gradient=False):
     })
 
 
+def _student_optimizer(lr: float, scale_lr_scale: float | None = None):
+    """The optimizer `train` builds for Student-II (its scale-logit group), at a constant `lr`."""
+    optim = load_config("hrdepth_pp_demo").optim
+    optim.lr, optim.decay_epochs = lr, ()
+    if scale_lr_scale is not None:
+        optim.scale_lr_scale = scale_lr_scale
+    return make_optimizer(optim, steps_per_epoch=10)
+
+
 @pytest.mark.parametrize("ratio", [0.05, 58.0])
 def test_gamma_converges_to_the_teacher_student_median_ratio(ratio):
-    """D_s frozen, the teacher a noisy multiple of it: Adam on the scale head alone finds the ratio.
+    """D_s frozen, the teacher a noisy multiple of it: the recipe's optimizer at the paper's
+    constant lr 1e-4 finds the ratio through the head's global logit within 300 steps.
 
     The ratios are the extremes the head must reach: 58 is what the un-metric synthetic teacher
     gave against the student (RESULTS.md), 0.05 the other way round. The pixel noise (5%, the
     same distribution at every depth) makes the L1's minimiser the median ratio, not a trivially
-    exact factor. Adam at 1e-3 (demo and paper: 2e-4, 1e-4; slower, as tried) overshoots 0.05 on
-    the way down and comes back.
+    exact factor. Without the global logit's own rate (scale_lr_scale 1) gamma is still more than
+    a factor e from the ratio after those steps: the stall of the short demo run (RESULTS.md).
     """
     config = _distill_config()
     rng = np.random.default_rng(0)
@@ -262,25 +272,29 @@ def test_gamma_converges_to_the_teacher_student_median_ratio(ratio):
         np.asarray(student_depth).reshape(b, -1), 1)
     head = ScaleHead(features=8)
     deepest = jnp.asarray(rng.standard_normal((b, 2, 3, 16)), jnp.float32)
-    params = head.init(jax.random.key(0), deepest)["params"]
-    steps = 400
-    tx = optax.adam(optax.cosine_decay_schedule(1e-3, steps, alpha=0.01))
+    params = {"depth": head.init(jax.random.key(0), deepest)["params"]}
+    steps = 300
 
     def loss_fn(p):
-        outputs = {"disps": {0: disp}, "depth_aux": {"scale": head.apply({"params": p}, deepest)}}
+        outputs = {"disps": {0: disp},
+                   "depth_aux": {"scale": head.apply({"params": p["depth"]}, deepest)}}
         return student.distillation_term(outputs, teacher, config)[0]
 
-    def step(carry, _):
-        p, opt = carry
-        grads = jax.grad(loss_fn)(p)
-        updates, opt = tx.update(grads, opt, p)
-        return (optax.apply_updates(p, updates), opt), None
+    def train(tx):
+        def step(carry, _):
+            p, opt = carry
+            updates, opt = tx.update(jax.grad(loss_fn)(p), opt, p)
+            return (optax.apply_updates(p, updates), opt), None
 
-    (params, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, None, length=steps))(
-        (params, tx.init(params)))
-    gamma = np.asarray(head.apply({"params": params}, deepest))
+        (p, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, None, length=steps))(
+            (params, tx.init(params)))
+        return np.asarray(head.apply({"params": p["depth"]}, deepest))
+
+    gamma = train(_student_optimizer(1e-4))
     np.testing.assert_allclose(gamma, expected, rtol=0.03)
     np.testing.assert_allclose(gamma, ratio, rtol=0.03)
+    slow = train(_student_optimizer(1e-4, scale_lr_scale=1.0))
+    assert np.all(np.abs(np.log(slow / expected)) > 1.0), slow
 
 
 class _TinyStudent(nn.Module):

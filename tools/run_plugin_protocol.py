@@ -14,10 +14,11 @@ and the plug-ins' own randomness; the starting weights are the same):
   panoptic_head  + YOSO panoptic head at the paper's weight 0.35 (Shyam et al.)
   contrastive    + instance-aware contrastive loss at 0.1
   piecewise      + piece-wise pose, the paper's settings (configs/demo_piecewise.py)
+  small_objects  + small-object masking (thing instances under `masking.min_area_fraction` of the
+                 image left out of the photometric loss; Shyam et al. Sec. 3)
   msff           ManyDepth + multi-scale feature fusion, against `manydepth` (ManyDepth without
                  it) from the same start: the Monodepth2 weights in its teacher, pose net and every
                  matching variable of its multi-frame network
-Small-object masking is no switch of its own yet (it is part of piece-wise pose, issue 24).
 
 The control of a Monodepth2-family plug-in is `control`; of `msff`, `manydepth`. For each the table
 gives the test AbsRel mean and spread, the paired difference to the control (same seed), and the
@@ -65,6 +66,8 @@ VARIANTS = (
             ("--config.panoptic.enabled=False", "--config.contrastive.weight=0.1"), "edge_band"),
     Variant("piecewise", "demo_piecewise", "+ piece-wise pose (paper settings)", "control",
             region="moving"),
+    Variant("small_objects", "demo", "+ small-object masking", "control",
+            ("--config.data.load_panoptic=True", "--config.masking.small_objects=True")),
     Variant("manydepth", "manydepth_demo", "ManyDepth, no MSFF", None),
     Variant("msff", "manydepth_demo", "ManyDepth + MSFF", "manydepth",
             ("--config.model.msff=True",)),

@@ -203,6 +203,18 @@ SUITE = (
     Entry("hrdepth_pp", "hrdepth_pp_demo",
           "HRDepth++ (Student-II: HRNet-18 + scale head), distilled from `manydepth`",
           ("--config.distill.teacher_workdir={runs}/manydepth",) + _PLUGINS_OFF),
+    # The Shyam et al. recipes as the paper states them (issue 24): every component on (panoptic
+    # head, contrastive loss, small-object masking, piece-wise pose; MSFF in the teacher), the
+    # student distilled from the ManyDepth+ teacher as in the paper's two-stage flow.
+    Entry("manydepth_plus", "manydepth_plus_demo",
+          "ManyDepth+ (teacher: HRNet-18, MSFF cost volume, panoptic, contrastive, small-object "
+          "masking, piece-wise pose)"),
+    Entry("hrdepth_plus_full", "hrdepth_plus_demo",
+          "HRDepth+ (Student-I) with every component (panoptic, contrastive, small-object "
+          "masking, piece-wise pose)"),
+    Entry("hrdepth_pp_full", "hrdepth_pp_demo",
+          "HRDepth++ (Student-II) with every component, distilled from `manydepth_plus`",
+          ("--config.distill.teacher_workdir={runs}/manydepth_plus",)),
     # The metric two-stage flow (DESIGN.md item 8): the teacher with the speed loss and metric
     # output parametrisation (jdepth/training/metric_init.py), then Student-II distilled from it.
     Entry("manydepth_metric", "manydepth_metric_demo",
@@ -331,7 +343,11 @@ def cost_volume_accuracy(workdir: str) -> dict:
     if not os.path.exists(path):
         subprocess.run([sys.executable, os.path.join(REPO, "tools", "cost_volume_accuracy.py"),
                         "--workdir", workdir, "--json", path], cwd=REPO, check=True,
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL,
+                       # A script's own folder is its import path, not cwd: name the repo, so
+                       # a checkout without `pip install -e .` runs it too.
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                           filter(None, (REPO, os.environ.get("PYTHONPATH"))))})
     with open(path) as f:
         return json.load(f)
 

@@ -2,7 +2,7 @@
 
     deepest encoder feature [B, h, w, C]   (gradient stopped: the head reads the encoder)
       -> 3 x (3x3 conv + ReLU, `features` channels) -> 3x3 conv to 1 channel (zero-initialised)
-      -> global average pool / (9 x features) -> sigmoid s
+      -> global average pool / (9 x features) + global_logit (a learnt scalar) -> sigmoid s
       -> gamma = gamma_min * (gamma_max / gamma_min) ** s   [B]   (log-uniform in the range)
 
 The paper gives "four 3x3 convolutional layers on encoder-derived features, followed by a global
@@ -29,6 +29,14 @@ sigmoid's log-space mapping are ours (config):
   stayed there, where the sigmoid is flat; with it, it follows a x10 jump of the student's depth
   without touching the floor (tests/test_scale_head.py), but in that short run it stalled near 1
   instead (RESULTS.md, issue 24: not yet a robust learner of the factor).
+* A scalar `global_logit` (zero at the start) is added to the pooled output, outside the fan-in
+  division, and the optimizer gives it its own learning rate (`optim.scale_lr_scale`,
+  jdepth/training/state.py). A monocular video has one scale, so this scalar carries the factor
+  the teacher hands down and the convolutions learn only what differs between images. Through the
+  convolutions alone the factor moved too slowly: the last conv's bias is divided by the fan-in,
+  and once the first conv's ReLUs died on the encoder's features the weights carried nothing
+  (RESULTS.md, issue 24). Adam moves the scalar by about its learning rate per step, i.e.
+  log(gamma) by up to 3.45 x that at the range's centre, whatever the size of the L1's gradient.
 * The encoder features enter under stop_gradient. The paper's mechanism is one global factor
   learnt from the teacher on top of the student's relative depth; the head's only training signal
   is the distillation loss, which therefore must not reach the encoder that the photometric loss
@@ -53,6 +61,9 @@ from jdepth.models.layers import torch_default_conv
 Dtype = Any
 
 NUM_CONVS = 4
+# Name of the head's scalar logit offset; the optimizer gives every parameter of this name the
+# learning rate lr x optim.scale_lr_scale (jdepth/training/state.py).
+GLOBAL_LOGIT = "global_logit"
 GAMMA_MIN = 1e-3
 GAMMA_MAX = 1e3
 
@@ -104,5 +115,6 @@ class ScaleHead(nn.Module):
         gain = self.logit_gain
         if gain is None:
             gain = 1.0 / (9 * self.features)
-        logit = gain * jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+        global_logit = self.param(GLOBAL_LOGIT, nn.initializers.zeros, (), jnp.float32)
+        logit = global_logit + gain * jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
         return gamma_from_logit(logit, self.gamma_min, self.gamma_max)

@@ -92,6 +92,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("optim.grad_clip_norm", _NON_NEGATIVE, "a number >= 0 (0: off)"),
     ("optim.hold_depth_steps", _int_at_least(0), "an integer >= 0"),
     ("optim.pose_lr_scale", _POSITIVE, "a positive number"),
+    ("optim.scale_lr_scale", _POSITIVE, "a positive number"),
     ("train.batch_size", _int_at_least(1), "an integer >= 1"),
     ("train.num_epochs", _int_at_least(1), "an integer >= 1"),
     ("train.max_steps", _int_at_least(0), "an integer >= 0 (0: use num_epochs)"),

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jdepth.models.scale_head import GLOBAL_LOGIT
 from jdepth.training.piecewise import INSTANCE_NET
 
 # Optimizer group of each network name under `pose_lr_scale` (others: "other").
@@ -120,6 +121,16 @@ def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformat
     `optim_cfg.pose_lr_scale` multiplies the "pose" network's learning rate (its outputs are
     scaled by 0.01, so from scratch it is the slow learner of the pair), and that of a separate
     instance pose net ("instance_pose", jdepth/training/piecewise.py).
+    `optim.scale_lr_scale` multiplies the learning rate of Student-II's global scale logit (every
+    parameter named `global_logit`, jdepth/models/scale_head.py): a single scalar that must travel
+    several log-units to the teacher's scale, which Adam at the networks' rate does in thousands
+    of steps. It follows the same schedule and is never held. Its Adam sees the SIGN of the
+    gradient: the L1's gradient w.r.t. the logit is sign(gamma D_s - D_t) x gamma D_s, so its size
+    follows the student's depth scale, which swings by two decades early in a run from scratch;
+    fed raw, Adam's second moment keeps the largest of those for ~1000 steps and then moves the
+    scalar by a negligible step while the sign asks for a factor 50 (RESULTS.md, issue 24). On
+    signs Adam's update is the running mean of the signs: it turns within ~10 steps, and it
+    shrinks where the signs alternate, at the L1's minimiser.
     """
     schedule = schedule_from_config(optim_cfg, steps_per_epoch)
 
@@ -128,18 +139,27 @@ def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformat
 
     hold = int(optim_cfg.get("hold_depth_steps", 0))
     pose_scale = float(optim_cfg.get("pose_lr_scale", 1.0))
-    if hold > 0 or pose_scale != 1.0:
+    scale_scale = float(optim_cfg.get("scale_lr_scale", 1.0))
+    if hold > 0 or pose_scale != 1.0 or scale_scale != 1.0:
         groups = {
             "depth": adam(lambda step: jnp.where(step < hold, 0.0, schedule(step))),
             "pose": adam(lambda step: pose_scale * schedule(step)),
+            "scale": optax.chain(
+                optax.stateless(lambda updates, params=None: jax.tree_util.tree_map(
+                    jnp.sign, updates)),
+                adam(lambda step: scale_scale * schedule(step))),
             "other": adam(schedule),
         }
+
+        def label(name, path):
+            if scale_scale != 1.0 and getattr(path[-1], "key", None) == GLOBAL_LOGIT:
+                return "scale"
+            return _GROUPS.get(name, "other")
+
         tx = optax.multi_transform(
             groups,
             lambda params: {
-                name: jax.tree_util.tree_map(
-                    lambda _: _GROUPS.get(name, "other"), sub
-                )
+                name: jax.tree_util.tree_map_with_path(lambda path, _: label(name, path), sub)
                 for name, sub in params.items()
             },
         )
