@@ -30,15 +30,16 @@ def add_student(config, scale_aware: bool = False):
     m.hrnet_normalize_input = True  # (x - 0.45) / 0.225 as the ResNet encoder; DIFFNet: False
     m.scale_head = scale_aware
     m.scale_head_features = 128  # hidden width of its 3x3 convs (the paper gives none)
-    # gamma = gamma_min * (gamma_max / gamma_min) ** sigmoid(logit), starting at their geometric
-    # mean 1 (jdepth/models/scale_head.py): log-uniform, so a teacher/student ratio of 0.05 or 58
-    # (an un-metric teacher on the synthetic suite) lies well inside, three decades either way.
-    m.gamma_min = 1e-3
-    m.gamma_max = 1e3
-    # The head's global logit (one scalar: the video's scale) learns at lr x 100: at the paper's
-    # 1e-4 it moves log(gamma) by up to ~0.035 per step, so a ratio of 58 takes ~150 steps
-    # rather than ~10^4 (jdepth/models/scale_head.py, tests/test_student.py).
-    config.optim.scale_lr_scale = 100.0 if scale_aware else 1.0
+    # gamma = exp(global_log_scale) x a per-image factor in (gamma_min, gamma_max), log-uniform in
+    # the paper's sigmoid head and 1 at the start (jdepth/models/scale_head.py): the global scalar
+    # is unbounded, the per-image factor one decade either way.
+    m.gamma_min = 0.1
+    m.gamma_max = 10.0
+    # The global log-scale (one scalar: the video's scale) learns at lr x 200 on the gradient's
+    # sign: at the paper's 1e-4 it moves log(gamma) by up to 0.02 per step, so a ratio of 58
+    # (log 4.1) takes ~200 steps rather than ~10^4 (jdepth/training/state.py,
+    # tests/test_student.py).
+    config.optim.scale_lr_scale = 200.0 if scale_aware else 1.0
 
     d = config.distill = config_dict.ConfigDict()
     d.teacher_workdir = config_dict.placeholder(str)  # a trained manydepth(_plus) workdir

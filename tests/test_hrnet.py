@@ -153,13 +153,12 @@ def test_scale_head_output_lies_in_the_configured_range():
     assert gamma.shape == (3,) and gamma.dtype == jnp.float32
     assert np.all((np.asarray(gamma) >= 0.5) & (np.asarray(gamma) <= 2.5))
     assert len(set(np.asarray(gamma).tolist())) == 3
-    # Four 3x3 convs: 144 -> 8 -> 8 -> 8 -> 1, and the global logit (one scalar, zero at init).
+    # Four 3x3 convs: 144 -> 8 -> 8 -> 8 -> 1, and the global log-scale (one scalar, 0 at init).
     assert _count(variables["params"]) == (9 * 144 * 8 + 8) + 2 * (9 * 8 * 8 + 8) + (9 * 8 + 1) + 1
-    assert float(variables["params"]["global_logit"]) == 0.0
-    params["global_logit"] = jnp.float32(2.0)  # shifts every image's logit by the same 2
-    shifted = head.apply({"params": params}, features)
-    np.testing.assert_allclose(logit_from_gamma(shifted, 0.5, 2.5),
-                               logit_from_gamma(gamma, 0.5, 2.5) + 2.0, rtol=1e-4, atol=1e-4)
+    assert float(variables["params"]["global_log_scale"]) == 0.0
+    params["global_log_scale"] = jnp.float32(4.0)  # every image's gamma x e^4, beyond the range
+    np.testing.assert_allclose(head.apply({"params": params}, features), np.exp(4.0) * gamma,
+                               rtol=1e-5)
     with pytest.raises(ValueError, match="gamma_min"):
         ScaleHead(gamma_min=2.0, gamma_max=1.0).init(jax.random.key(0), features)
 

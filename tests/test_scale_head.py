@@ -28,10 +28,10 @@ def _distill_config():
 @pytest.mark.parametrize("features", ["relu_normal", "dead"])
 def test_gamma_follows_a_jump_of_the_student_depth_without_saturating(features):
     """The full-width head (128 channels on HRNet's 144) with the demo student's optimizer (lr
-    2e-4, the global logit at x100) while the student's depth jumps x10 at step 30, as in a short
+    2e-4, the global log-scale at x200) while the student's depth jumps x10 at step 30, as in a short
     demo run (RESULTS.md): gamma must go from 1 to 0.1 within 200 steps, and Adam's momentum must
     not carry it onto the sigmoid's flat floor. "dead": all-zero encoder features, so the convs'
-    output cannot depend on the image (the dead-ReLU state of that run): the global logit alone
+    output cannot depend on the image (the dead-ReLU state of that run): the global log-scale alone
     must carry the factor."""
     config = _distill_config()
     rng = np.random.default_rng(0)
@@ -106,8 +106,8 @@ def _track(tx, factors, dead: bool = True):
 def test_gamma_recovers_after_the_student_depth_swings_up_and_back():
     """The swing of a from-scratch student measured in a short run (RESULTS.md): its depth x100
     for 20 steps, then back. The recipe's optimizer (Adam on the gradient's sign for the global
-    logit) follows the swing down at its rate-limited pace (it moves log(gamma) by at most ~0.07
-    a step, so a 20-step swing is not chased all the way) and returns to 1; Adam on the raw
+    log-scale) follows the swing down at its rate-limited pace (it moves log(gamma) by at most
+    0.04 a step, so a 20-step swing is not chased all the way) and returns to 1; Adam on the raw
     gradient keeps the swing's large gradients in its second moment and is still far off."""
     optim = load_config("hrdepth_pp_demo").optim
     optim.decay_epochs = ()
@@ -120,6 +120,6 @@ def test_gamma_recovers_after_the_student_depth_swings_up_and_back():
     raw = optax.multi_transform(
         {"scale": optax.adam(lr), "other": optax.adam(optim.lr)},
         lambda p: jax.tree_util.tree_map_with_path(
-            lambda path, _: "scale" if path[-1].key == "global_logit" else "other", p))
+            lambda path, _: "scale" if path[-1].key == "global_log_scale" else "other", p))
     stalled = _track(raw, factors)
-    assert abs(np.log(stalled[-1])) > 1.0, stalled[-1]
+    assert abs(np.log(stalled[-1])) > 0.3, stalled[-1]  # 0.53 here: 190 steps after the swing

@@ -243,7 +243,7 @@ def _distill_config(depth_gradient=False):
 
 
 def _student_optimizer(lr: float, scale_lr_scale: float | None = None):
-    """The optimizer `train` builds for Student-II (its scale-logit group), at a constant `lr`."""
+    """The optimizer `train` builds for Student-II (its global log-scale group), at a constant `lr`."""
     optim = load_config("hrdepth_pp_demo").optim
     optim.lr, optim.decay_epochs = lr, ()
     if scale_lr_scale is not None:
@@ -254,12 +254,12 @@ def _student_optimizer(lr: float, scale_lr_scale: float | None = None):
 @pytest.mark.parametrize("ratio", [0.05, 58.0])
 def test_gamma_converges_to_the_teacher_student_median_ratio(ratio):
     """D_s frozen, the teacher a noisy multiple of it: the recipe's optimizer at the paper's
-    constant lr 1e-4 finds the ratio through the head's global logit within 300 steps.
+    constant lr 1e-4 finds the ratio through the head's global log-scale within 300 steps.
 
     The ratios are the extremes the head must reach: 58 is what the un-metric synthetic teacher
     gave against the student (RESULTS.md), 0.05 the other way round. The pixel noise (5%, the
     same distribution at every depth) makes the L1's minimiser the median ratio, not a trivially
-    exact factor. Without the global logit's own rate (scale_lr_scale 1) gamma is still more than
+    exact factor. Without the global log-scale's own rate (scale_lr_scale 1) gamma is still more than
     a factor e from the ratio after those steps: the stall of the short demo run (RESULTS.md).
     """
     config = _distill_config()

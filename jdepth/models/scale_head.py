@@ -2,49 +2,40 @@
 
     deepest encoder feature [B, h, w, C]   (gradient stopped: the head reads the encoder)
       -> 3 x (3x3 conv + ReLU, `features` channels) -> 3x3 conv to 1 channel (zero-initialised)
-      -> global average pool / (9 x features) + global_logit (a learnt scalar) -> sigmoid s
-      -> gamma = gamma_min * (gamma_max / gamma_min) ** s   [B]   (log-uniform in the range)
+      -> global average pool / (9 x features) -> sigmoid s
+      -> per-image factor m = gamma_min * (gamma_max / gamma_min) ** s   (log-uniform)
+    gamma = exp(global_log_scale) * m   [B]   (global_log_scale: ONE learnt scalar)
 
 The paper gives "four 3x3 convolutional layers on encoder-derived features, followed by a global
-average pooling layer and a sigmoid activation function"; the hidden width, the range and the
-sigmoid's log-space mapping are ours (config):
+average pooling layer and a sigmoid activation function", and says the teacher's pseudo-absolute
+depth trains "a single global scale factor". The hidden width, the ranges and the split of gamma
+into a global scalar and the paper's per-image head are ours:
 
-* Log-space mapping. gamma multiplies depth, so what matters is its ratio to the right value: the
-  sigmoid spans log(gamma) uniformly and a logit step moves gamma by the same factor anywhere in
-  the range. A linear map (gamma_min + (gamma_max - gamma_min) * s) packs the small ratios into
-  the sigmoid's flat tail (gamma = 0.05 is out of reach of (0.1, 10) altogether) and cannot reach
-  a teacher/student ratio of 58, which an un-metric teacher gave on the synthetic suite
-  (RESULTS.md).
-* Range 1e-3 .. 1e3 (configs/hrdepth_plus.py): three decades each way of the student's own depth
-  scale, whose parametrisation spans min_depth .. max_depth = 0.1 .. 100; ratios 0.05 and 58
-  sit at s = 0.28 and 0.79, away from the saturated ends.
-* The last conv starts at zero, so gamma starts at the range's geometric centre
-  sqrt(gamma_min * gamma_max) (1 by default: the student's depth taken as it is) whatever the
-  encoder's features are, rather than at a random point of a six-decade range.
-* The pooled output is divided by the last conv's fan-in, 9 x features. Adam moves each of
-  that conv's weights by about lr per step, all in the direction the distillation asks for, so
-  the pooled output moves by about lr x 9 x features x |x| per step, and the L1's gradient keeps
-  its size up to the optimum while Adam's momentum carries it past. Without the division the
-  128-wide head at the demo's learning rate overshot onto gamma_min in a short demo-sized run and
-  stayed there, where the sigmoid is flat; with it, it follows a x10 jump of the student's depth
-  without touching the floor (tests/test_scale_head.py), but in that short run it stalled near 1
-  instead (RESULTS.md, issue 24: not yet a robust learner of the factor).
-* A scalar `global_logit` (zero at the start) is added to the pooled output, outside the fan-in
-  division, and the optimizer gives it its own learning rate (`optim.scale_lr_scale`,
-  jdepth/training/state.py). A monocular video has one scale, so this scalar carries the factor
-  the teacher hands down and the convolutions learn only what differs between images. Through the
-  convolutions alone the factor moved too slowly: the last conv's bias is divided by the fan-in,
-  and once the first conv's ReLUs died on the encoder's features the weights carried nothing
-  (RESULTS.md, issue 24). Adam moves the scalar by about its learning rate per step, i.e.
-  log(gamma) by up to 3.45 x that at the range's centre, whatever the size of the L1's gradient.
+* `global_log_scale` (zero at the start) is the single global factor: a monocular video has one
+  scale, the one the teacher hands down. It is unbounded and linear in log(gamma), so a
+  teacher/student ratio of 58 or 0.05 (an un-metric teacher gave 58 on the synthetic suite,
+  RESULTS.md) is as easy to reach as 2, and nothing saturates on the way. The optimizer moves it
+  at its own rate with Adam on the gradient's sign (`optim.scale_lr_scale`,
+  jdepth/training/state.py, which says why the sign).
+* The paper's head gives what differs between images, a factor in (gamma_min, gamma_max), one
+  decade either way by default (configs/hrdepth_plus.py), log-uniform in the sigmoid so a logit
+  step is the same factor anywhere. Bounded, because it learns at the networks' rate from raw
+  gradients: on its own it carried the whole factor badly. Through a (1e-3, 1e3) sigmoid (session
+  13) its convs overshot onto the floor (no fan-in division) or, with the division, stalled at 1
+  once their ReLUs died; a global logit inside that sigmoid followed the student's early depth
+  swing onto the floor, where the sigmoid is flat, and could not climb back within the budget
+  (RESULTS.md, issue 24).
+* The last conv starts at zero, so m starts at the range's geometric centre (1 by default) and
+  gamma at 1: the student's depth taken as it is. Its pooled output is divided by its fan-in,
+  9 x features: Adam moves each of its weights by about lr per step, all in the same direction,
+  which without the division moves the logit by lr x 9 x features x |x| per step.
 * The encoder features enter under stop_gradient. The paper's mechanism is one global factor
   learnt from the teacher on top of the student's relative depth; the head's only training signal
   is the distillation loss, which therefore must not reach the encoder that the photometric loss
   trains (jdepth/training/student.py).
 
-A monocular video has one global scale, so one scalar per image (the head's average pool) is the
-paper's global factor; its spread over the test frames is reported by tools/run_synthetic_suite.py.
-The head has no BatchNorm, so it needs no running statistics.
+The spread of gamma over the test frames is reported by tools/run_synthetic_suite.py. The head
+has no BatchNorm, so it needs no running statistics.
 """
 
 from __future__ import annotations
@@ -61,11 +52,11 @@ from jdepth.models.layers import torch_default_conv
 Dtype = Any
 
 NUM_CONVS = 4
-# Name of the head's scalar logit offset; the optimizer gives every parameter of this name the
-# learning rate lr x optim.scale_lr_scale (jdepth/training/state.py).
-GLOBAL_LOGIT = "global_logit"
-GAMMA_MIN = 1e-3
-GAMMA_MAX = 1e3
+# Name of the global log-scale; the optimizer gives every parameter of this name its own group
+# (jdepth/training/state.py).
+GLOBAL_SCALE = "global_log_scale"
+GAMMA_MIN = 0.1
+GAMMA_MAX = 10.0
 
 
 def gamma_from_logit(logit: jax.Array, gamma_min: float, gamma_max: float) -> jax.Array:
@@ -81,11 +72,12 @@ def logit_from_gamma(gamma, gamma_min: float, gamma_max: float):
 
 
 class ScaleHead(nn.Module):
-    """Predicts one global depth scale per image from the deepest encoder feature.
+    """Predicts the depth scale gamma of each image: a global learnt scale times a per-image factor.
 
     Attributes:
         features: channels of the three hidden 3x3 convs.
-        gamma_min, gamma_max: range of the output scale (log-uniform in the sigmoid).
+        gamma_min, gamma_max: range of the per-image factor (log-uniform in the sigmoid); gamma is
+            exp(global_log_scale) times it.
         logit_gain: factor on the pooled output before the sigmoid; None: 1 / (9 x features), the
             last conv's fan-in (module docstring).
         dtype: computation dtype; the scale is returned in float32.
@@ -99,7 +91,7 @@ class ScaleHead(nn.Module):
 
     @nn.compact
     def __call__(self, deepest: jax.Array) -> jax.Array:
-        """`[B, h, w, C]` -> gamma `[B]` float32 in (gamma_min, gamma_max)."""
+        """`[B, h, w, C]` -> gamma `[B]` float32, in exp(global_log_scale) x (gamma_min, gamma_max)."""
         if not self.gamma_max > self.gamma_min > 0:
             raise ValueError(
                 "jdepth/models/scale_head.py: need 0 < gamma_min < gamma_max, got "
@@ -115,6 +107,6 @@ class ScaleHead(nn.Module):
         gain = self.logit_gain
         if gain is None:
             gain = 1.0 / (9 * self.features)
-        global_logit = self.param(GLOBAL_LOGIT, nn.initializers.zeros, (), jnp.float32)
-        logit = global_logit + gain * jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
-        return gamma_from_logit(logit, self.gamma_min, self.gamma_max)
+        logit = gain * jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+        global_log_scale = self.param(GLOBAL_SCALE, nn.initializers.zeros, (), jnp.float32)
+        return jnp.exp(global_log_scale) * gamma_from_logit(logit, self.gamma_min, self.gamma_max)

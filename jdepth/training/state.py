@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jdepth.models.scale_head import GLOBAL_LOGIT
+from jdepth.models.scale_head import GLOBAL_SCALE
 from jdepth.training.piecewise import INSTANCE_NET
 
 # Optimizer group of each network name under `pose_lr_scale` (others: "other").
@@ -121,11 +121,11 @@ def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformat
     `optim_cfg.pose_lr_scale` multiplies the "pose" network's learning rate (its outputs are
     scaled by 0.01, so from scratch it is the slow learner of the pair), and that of a separate
     instance pose net ("instance_pose", jdepth/training/piecewise.py).
-    `optim.scale_lr_scale` multiplies the learning rate of Student-II's global scale logit (every
-    parameter named `global_logit`, jdepth/models/scale_head.py): a single scalar that must travel
-    several log-units to the teacher's scale, which Adam at the networks' rate does in thousands
-    of steps. It follows the same schedule and is never held. Its Adam sees the SIGN of the
-    gradient: the L1's gradient w.r.t. the logit is sign(gamma D_s - D_t) x gamma D_s, so its size
+    `optim.scale_lr_scale` multiplies the learning rate of Student-II's global log-scale (every
+    parameter named `global_log_scale`, jdepth/models/scale_head.py): a single scalar that must
+    travel several log-units to the teacher's scale, which Adam at the networks' rate does in
+    thousands of steps. It follows the same schedule and is never held. Its Adam sees the SIGN of
+    the gradient: the L1's gradient w.r.t. log(gamma) is sign(gamma D_s - D_t) x gamma D_s, so its size
     follows the student's depth scale, which swings by two decades early in a run from scratch;
     fed raw, Adam's second moment keeps the largest of those for ~1000 steps and then moves the
     scalar by a negligible step while the sign asks for a factor 50 (RESULTS.md, issue 24). On
@@ -152,7 +152,7 @@ def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformat
         }
 
         def label(name, path):
-            if scale_scale != 1.0 and getattr(path[-1], "key", None) == GLOBAL_LOGIT:
+            if scale_scale != 1.0 and getattr(path[-1], "key", None) == GLOBAL_SCALE:
                 return "scale"
             return _GROUPS.get(name, "other")
 
