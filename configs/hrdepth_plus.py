@@ -49,6 +49,10 @@ def add_student(config, scale_aware: bool = False):
     # paper's one global factor). True: it also trains D_s (dense depth distillation; then the
     # split of the scale between gamma and D_s is arbitrary). jdepth/training/student.py.
     d.depth_gradient = False
+    # False: L1 on depth (the paper), minimised by the D_s-weighted median of D_t / D_s, so the
+    # student's farthest pixels set gamma. True: L1 on log depth, minimised by the plain median
+    # ratio (jdepth/losses/distillation.py; a deviation, RESULTS.md issue 24).
+    d.log_space = False
 
     config.eval.absolute_depth = scale_aware  # Student-II: gamma * depth, no median scaling
     return config

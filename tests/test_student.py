@@ -89,6 +89,28 @@ def test_distillation_loss_hand_checked():
     np.testing.assert_allclose(grad, [(-1.0 + 2.0) / 4, (4.0 - 8.0) / 4], rtol=1e-6)
     with pytest.raises(ValueError, match="gamma"):
         scale_distillation_loss(student_depth, gamma[:1], teacher_depth)
+    # Log space: mean |log(gamma D_s / D_t)| = (log 1.5 + log(4/3) + log 2 + log 1.25) / 4.
+    loss, _ = scale_distillation_loss(student_depth, gamma, teacher_depth, log_space=True)
+    np.testing.assert_allclose(
+        loss, np.mean(np.log([3 / 2, 4 / 3, 2.0, 5 / 4])), rtol=1e-6)
+
+
+def test_depth_l1_sets_gamma_by_the_far_pixels_and_log_l1_by_the_median_ratio():
+    """The minimisers over gamma, scanned on a grid: 90 pixels at D_s = 1 with D_t = 10 (ratio
+    10) and 10 far pixels at D_s = 100 with D_t = 20 (ratio 0.2), as a student with a few pixels
+    at max_depth. The L1 on depth is minimised by the D_s-weighted median ratio (the far pixels
+    weigh 1000 against 90: 0.2); the log-space L1 by the plain median ratio, 10."""
+    student_depth = jnp.concatenate([jnp.ones(90), jnp.full(10, 100.0)]).reshape(1, 10, 10, 1)
+    teacher_depth = jnp.concatenate([jnp.full(90, 10.0), jnp.full(10, 20.0)]).reshape(1, 10, 10, 1)
+    grid = jnp.exp(jnp.linspace(np.log(0.01), np.log(100.0), 2001))
+
+    def best(log_space):
+        losses = jax.vmap(lambda g: scale_distillation_loss(
+            student_depth, g[None], teacher_depth, log_space=log_space)[0])(grid)
+        return float(grid[jnp.argmin(losses)])
+
+    assert best(False) == pytest.approx(0.2, rel=0.01)
+    assert best(True) == pytest.approx(10.0, rel=0.01)
 
 
 def test_teacher_is_restored_from_its_orbax_checkpoint(teacher_workdir):

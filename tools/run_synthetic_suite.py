@@ -222,6 +222,16 @@ SUITE = (
     Entry("hrdepth_pp_metric", "hrdepth_pp_metric_demo",
           "HRDepth++ (Student-II) distilled from `manydepth_metric`",
           ("--config.distill.teacher_workdir={runs}/manydepth_metric",)),
+    # The paper's L1 on depth sets gamma by the D_s-weighted median ratio, i.e. by the student's
+    # farthest pixels; the log-space L1 by the plain median ratio (jdepth/losses/distillation.py).
+    Entry("hrdepth_pp_log", "hrdepth_pp_demo",
+          "ablation: `hrdepth_pp` with the distillation L1 on log depth",
+          ("--config.distill.teacher_workdir={runs}/manydepth", "--config.distill.log_space=True")
+          + _PLUGINS_OFF, ablation=True),
+    Entry("hrdepth_pp_metric_log", "hrdepth_pp_metric_demo",
+          "ablation: `hrdepth_pp_metric` with the distillation L1 on log depth",
+          ("--config.distill.teacher_workdir={runs}/manydepth_metric",
+           "--config.distill.log_space=True"), ablation=True),
 )
 
 

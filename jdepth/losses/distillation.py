@@ -20,15 +20,22 @@ import jax.numpy as jnp
 
 
 def scale_distillation_loss(
-    student_depth: jax.Array, gamma: jax.Array, teacher_depth: jax.Array
+    student_depth: jax.Array, gamma: jax.Array, teacher_depth: jax.Array, log_space: bool = False
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean |gamma * D_s - D_t| over all pixels of the batch (unweighted).
+    """Mean |gamma * D_s - D_t| over all pixels of the batch (unweighted), or with `log_space`
+    mean |log(gamma * D_s) - log(D_t)|.
+
+    The L1 on depth (the paper's) is minimised over gamma by the median of the pixel ratios
+    D_t / D_s weighted by D_s: the student's farthest pixels decide. The log-space L1 is minimised
+    by the plain median ratio, the factor the evaluation's median scaling applies, and its
+    gradient w.r.t. log(gamma) has the same size at any depth scale.
 
     Args:
         student_depth: `[B, H, W, 1]` scale-invariant student depth (stop its gradient to train
             only gamma).
         gamma: `[B]` global scale per image.
         teacher_depth: `[B, H, W, 1]` teacher depth (the caller stops its gradient).
+        log_space: compare log depths (a deviation from the paper; module docstring).
 
     Returns:
         (loss, aux): the scalar L1 and logged scalars "distill/l1", "distill/gamma" and
@@ -49,7 +56,10 @@ def scale_distillation_loss(
         )
     absolute = gamma.astype(jnp.float32)[:, None, None, None] * student_depth.astype(jnp.float32)
     teacher = teacher_depth.astype(jnp.float32)
-    loss = jnp.mean(jnp.abs(absolute - teacher))
+    if log_space:
+        loss = jnp.mean(jnp.abs(jnp.log(absolute) - jnp.log(teacher)))
+    else:
+        loss = jnp.mean(jnp.abs(absolute - teacher))
     b = absolute.shape[0]
     ratio = jnp.median(teacher.reshape(b, -1), axis=1) / jnp.median(absolute.reshape(b, -1), axis=1)
     aux = {

@@ -165,7 +165,8 @@ def distillation_term(outputs: dict, target: jax.Array, config) -> tuple[jax.Arr
     if not config.distill.get("depth_gradient", False):
         # The paper's mechanism: the teacher trains the global factor only (module docstring).
         student = jax.lax.stop_gradient(student)
-    raw, aux = distillation.scale_distillation_loss(student, gamma, target)
+    raw, aux = distillation.scale_distillation_loss(
+        student, gamma, target, log_space=config.distill.get("log_space", False))
     weighted = config.distill.weight * raw
     return weighted, {**aux, "distill": weighted}
 
