@@ -81,7 +81,7 @@ def _track(tx, factors, dead: bool = True):
     base = jnp.asarray(rng.uniform(2.0, 40.0, (b, h, w, 1)), jnp.float32)
     teacher = base * jnp.exp(0.05 * rng.standard_normal((b, h, w, 1)))
     min_disp, max_disp = 1 / 100.0, 1 / 0.1
-    head = ScaleHead()
+    head = ScaleHead(features=8)  # zero features: the convs' width changes nothing but time
     deepest = jnp.zeros((b, 2, 6, 144)) if dead else jnp.asarray(
         np.maximum(rng.standard_normal((b, 2, 6, 144)), 0), jnp.float32)
     params = {"depth": head.init(jax.random.key(0), deepest)["params"]}
@@ -122,4 +122,4 @@ def test_gamma_recovers_after_the_student_depth_swings_up_and_back():
         lambda p: jax.tree_util.tree_map_with_path(
             lambda path, _: "scale" if path[-1].key == "global_log_scale" else "other", p))
     stalled = _track(raw, factors)
-    assert abs(np.log(stalled[-1])) > 0.3, stalled[-1]  # 0.53 here: 190 steps after the swing
+    assert abs(np.log(stalled[-1])) > 1.0, stalled[-1]  # 0.31: 190 steps after the swing

@@ -145,8 +145,9 @@ class HRDepthNet(nn.Module):
         scales: disparity output levels.
         normalize_input: the encoder's `(x - 0.45) / 0.225` (see jdepth/models/hrnet.py).
         scale_head: add the global scale head (Student-II) on the deepest encoder feature.
-        scale_head_features, gamma_min, gamma_max: its hidden width and output range (the head
-            reads the deepest encoder feature under stop_gradient: jdepth/models/scale_head.py).
+        scale_head_features, gamma_min, gamma_max: its hidden width and the range of its
+            per-image factor around the learnt global scale (the head reads the deepest encoder
+            feature under stop_gradient: jdepth/models/scale_head.py).
         bn_axis_name: pmap axis for synchronised BatchNorm (None: per-device statistics).
         dtype: computation dtype; parameters float32, disparities float32.
     """

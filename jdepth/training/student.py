@@ -5,11 +5,13 @@ pose net, photometric objective, and the ISSL / panoptic / contrastive / piece-w
 config switches on), with the depth network chosen by `config.model.depth_arch` (HRNet-18 +
 DIFFNet decoder for the paper's students). Student-II adds:
 
-* `config.model.scale_head`: a global scale gamma per image (jdepth/models/scale_head.py);
+* `config.model.scale_head`: gamma = one learnt global scale x a per-image factor
+  (jdepth/models/scale_head.py), with its own optimizer group (`optim.scale_lr_scale`);
 * `config.distill.teacher_workdir`: a trained multi-frame teacher (a ManyDepth recipe workdir,
   any recipe works) restored frozen; each step it predicts depth D_t on the un-jittered frame 0
   with its lookup frames, in eval mode and without gradient, and the plug-in adds
-  `distill.weight` x L1(gamma x D_s, D_t) (jdepth/losses/distillation.py, weight 0.5).
+  `distill.weight` x L1(gamma x D_s, D_t) (jdepth/losses/distillation.py, weight 0.5; on log
+  depths with `distill.log_space`).
 
 What the distillation trains (`distill.depth_gradient`):
 
