@@ -265,7 +265,7 @@ def _distill_config(depth_gradient=False):
 
 
 def _student_optimizer(lr: float, scale_lr_scale: float | None = None):
-    """The optimizer `train` builds for Student-II (its global log-scale group), at a constant `lr`."""
+    """The optimizer `train` builds for Student-II (with its global log-scale group), constant lr."""
     optim = load_config("hrdepth_pp_demo").optim
     optim.lr, optim.decay_epochs = lr, ()
     if scale_lr_scale is not None:
@@ -281,8 +281,8 @@ def test_gamma_converges_to_the_teacher_student_median_ratio(ratio):
     The ratios are the extremes the head must reach: 58 is what the un-metric synthetic teacher
     gave against the student (RESULTS.md), 0.05 the other way round. The pixel noise (5%, the
     same distribution at every depth) makes the L1's minimiser the median ratio, not a trivially
-    exact factor. Without the global log-scale's own rate (scale_lr_scale 1) gamma is still more than
-    a factor e from the ratio after those steps: the stall of the short demo run (RESULTS.md).
+    exact factor. Without the global log-scale's own rate (scale_lr_scale 1) gamma is still more
+    than a factor e from the ratio after those steps: the stall of the short demo run (RESULTS.md).
     """
     config = _distill_config()
     rng = np.random.default_rng(0)

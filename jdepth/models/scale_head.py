@@ -91,7 +91,7 @@ class ScaleHead(nn.Module):
 
     @nn.compact
     def __call__(self, deepest: jax.Array) -> jax.Array:
-        """`[B, h, w, C]` -> gamma `[B]` float32, in exp(global_log_scale) x (gamma_min, gamma_max)."""
+        """`[B, h, w, C]` -> gamma `[B]` float32: exp(global_log_scale) x (gamma_min, gamma_max)."""
         if not self.gamma_max > self.gamma_min > 0:
             raise ValueError(
                 "jdepth/models/scale_head.py: need 0 < gamma_min < gamma_max, got "

@@ -125,8 +125,8 @@ def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformat
     parameter named `global_log_scale`, jdepth/models/scale_head.py): a single scalar that must
     travel several log-units to the teacher's scale, which Adam at the networks' rate does in
     thousands of steps. It follows the same schedule and is never held. Its Adam sees the SIGN of
-    the gradient: the L1's gradient w.r.t. log(gamma) is sign(gamma D_s - D_t) x gamma D_s, so its size
-    follows the student's depth scale, which swings by two decades early in a run from scratch;
+    the gradient: the L1's gradient w.r.t. log(gamma) is sign(gamma D_s - D_t) x gamma D_s, so
+    its size follows the student's depth scale, which swings by two decades early from scratch;
     fed raw, Adam's second moment keeps the largest of those for ~1000 steps and then moves the
     scalar by a negligible step while the sign asks for a factor 50 (RESULTS.md, issue 24). On
     signs Adam's update is the running mean of the signs: it turns within ~10 steps, and it
@@ -144,12 +144,13 @@ def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformat
         groups = {
             "depth": adam(lambda step: jnp.where(step < hold, 0.0, schedule(step))),
             "pose": adam(lambda step: pose_scale * schedule(step)),
-            "scale": optax.chain(
-                optax.stateless(lambda updates, params=None: jax.tree_util.tree_map(
-                    jnp.sign, updates)),
-                adam(lambda step: scale_scale * schedule(step))),
             "other": adam(schedule),
         }
+        if scale_scale != 1.0:  # only then: other recipes' optimizer state keeps its structure
+            groups["scale"] = optax.chain(
+                optax.stateless(lambda updates, params=None: jax.tree_util.tree_map(
+                    jnp.sign, updates)),
+                adam(lambda step: scale_scale * schedule(step)))
 
         def label(name, path):
             if scale_scale != 1.0 and getattr(path[-1], "key", None) == GLOBAL_SCALE:
@@ -159,7 +160,8 @@ def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformat
         tx = optax.multi_transform(
             groups,
             lambda params: {
-                name: jax.tree_util.tree_map_with_path(lambda path, _: label(name, path), sub)
+                name: jax.tree_util.tree_map_with_path(
+                    lambda path, _, name=name: label(name, path), sub)
                 for name, sub in params.items()
             },
         )
