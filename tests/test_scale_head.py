@@ -29,8 +29,8 @@ def _distill_config():
 def test_gamma_follows_a_jump_of_the_student_depth_without_saturating(features):
     """The full-width head (128 channels on HRNet's 144) with the demo student's optimizer (lr
     2e-4, the global log-scale at x200) while the student's depth jumps x10 at step 30, as in a
-    short demo run (RESULTS.md): gamma must go from 1 to 0.1 within 200 steps, and Adam's momentum must
-    not carry it a decade past. "dead": all-zero encoder features, so the convs'
+    short demo run (RESULTS.md): gamma must go from 1 to 0.1 within 200 steps, and Adam's
+    momentum must not carry it a decade past. "dead": all-zero encoder features, so the convs'
     output cannot depend on the image (the dead-ReLU state of that run): the global log-scale alone
     must carry the factor."""
     config = _distill_config()

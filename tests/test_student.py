@@ -265,7 +265,7 @@ def _distill_config(depth_gradient=False):
 
 
 def _student_optimizer(lr: float, scale_lr_scale: float | None = None):
-    """The optimizer `train` builds for Student-II (with its global log-scale group), constant lr."""
+    """The optimizer `train` builds for Student-II (its global log-scale group), constant lr."""
     optim = load_config("hrdepth_pp_demo").optim
     optim.lr, optim.decay_epochs = lr, ()
     if scale_lr_scale is not None:
