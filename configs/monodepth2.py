@@ -152,7 +152,7 @@ def get_config():
     # > 0: the depth net is held fixed for this many steps while the pose net starts (reference: 0).
     config.optim.hold_depth_steps = 0
     config.optim.pose_lr_scale = 1.0  # the pose net's LR is lr x this (reference: 1)
-    config.optim.scale_lr_scale = 1.0  # Student-II's global scale logit: lr x this
+    config.optim.scale_lr_scale = 1.0  # Student-II's global log-scale: lr x this (sign-Adam)
 
     config.train = config_dict.ConfigDict()
     config.train.batch_size = 12

@@ -24,6 +24,20 @@ def load_config(name: str):
     return module.get_config()
 
 
+def student_optimizer(lr: float | None = None, scale_lr_scale: float | None = None):
+    """The optimizer `train` builds for Student-II (configs/hrdepth_pp_demo.py, with its global
+    log-scale group), at a constant learning rate (`lr`: the config's when None)."""
+    from jdepth.training.state import make_optimizer
+
+    optim = load_config("hrdepth_pp_demo").optim
+    optim.decay_epochs = ()
+    if lr is not None:
+        optim.lr = lr
+    if scale_lr_scale is not None:
+        optim.scale_lr_scale = scale_lr_scale
+    return make_optimizer(optim, steps_per_epoch=10)
+
+
 def load_tool(name: str):
     """tools/<name>.py as a module (registered in sys.modules, as dataclasses there need)."""
     import sys

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from conftest import load_config, random_batch
+from conftest import load_config, random_batch, student_optimizer
 from flax import linen as nn
 
 from jdepth import geometry
@@ -264,15 +264,6 @@ def _distill_config(depth_gradient=False):
     })
 
 
-def _student_optimizer(lr: float, scale_lr_scale: float | None = None):
-    """The optimizer `train` builds for Student-II (its global log-scale group), constant lr."""
-    optim = load_config("hrdepth_pp_demo").optim
-    optim.lr, optim.decay_epochs = lr, ()
-    if scale_lr_scale is not None:
-        optim.scale_lr_scale = scale_lr_scale
-    return make_optimizer(optim, steps_per_epoch=10)
-
-
 @pytest.mark.parametrize("ratio", [0.05, 58.0])
 def test_gamma_converges_to_the_teacher_student_median_ratio(ratio):
     """D_s frozen, the teacher a noisy multiple of it: the recipe's optimizer at the paper's
@@ -312,10 +303,10 @@ def test_gamma_converges_to_the_teacher_student_median_ratio(ratio):
             (params, tx.init(params)))
         return np.asarray(head.apply({"params": p["depth"]}, deepest))
 
-    gamma = train(_student_optimizer(1e-4))
+    gamma = train(student_optimizer(1e-4))
     np.testing.assert_allclose(gamma, expected, rtol=0.03)
     np.testing.assert_allclose(gamma, ratio, rtol=0.03)
-    slow = train(_student_optimizer(1e-4, scale_lr_scale=1.0))
+    slow = train(student_optimizer(1e-4, scale_lr_scale=1.0))
     assert np.all(np.abs(np.log(slow / expected)) > 1.0), slow
 
 

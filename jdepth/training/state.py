@@ -153,7 +153,7 @@ def make_optimizer(optim_cfg, steps_per_epoch: int) -> optax.GradientTransformat
                 adam(lambda step: scale_scale * schedule(step)))
 
         def label(name, path):
-            if scale_scale != 1.0 and getattr(path[-1], "key", None) == GLOBAL_SCALE:
+            if "scale" in groups and getattr(path[-1], "key", None) == GLOBAL_SCALE:
                 return "scale"
             return _GROUPS.get(name, "other")
 
