@@ -57,6 +57,10 @@ def add_manydepth(config):
     c.bins_init_min = 0.1
     c.bins_init_max = 10.0
     c.bins_momentum = 0.99
+    # > 0: the bins follow the teacher for this many steps even when it is frozen (fine-tuning
+    # from a trained teacher frozen at epoch 0; jdepth/training/manydepth.next_depth_bins). 0: the
+    # reference.
+    c.bins_track_steps = 0
     c.bins_margin_min = 0.9
     c.bins_margin_max = 1.1
 

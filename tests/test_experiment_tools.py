@@ -1,13 +1,16 @@
-"""The experiment runners' bookkeeping (tools/run_testbeds.py, tools/run_plugin_protocol.py):
-budgets, the table statistics, the verdict on a paper's claim and the RESULTS.md blocks. The runs
-themselves are experiments, not tests."""
+"""The experiment runners' bookkeeping (tools/run_testbeds.py, tools/run_plugin_protocol.py,
+tools/make_start.py): budgets, the table statistics, the verdict on a paper's claim, the RESULTS.md
+blocks and the start weights. The runs themselves are experiments, not tests."""
 
 import importlib.util
 import pathlib
 import sys
 
+import jax
 import numpy as np
 import pytest
+from conftest import load_config
+from flax import traverse_util
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
@@ -23,6 +26,7 @@ def _tool(name):
 
 testbeds = _tool("run_testbeds")
 plugins = _tool("run_plugin_protocol")
+make_start = _tool("make_start")
 
 
 def _metrics(scale, baseline=None):
@@ -123,3 +127,47 @@ def test_only_selection_refuses_unknown_names_in_both_runners():
     assert errors and "isl" in errors[0]
     with pytest.raises(SystemExit):
         plugins.main(["--start", "nowhere", "--only", "no_such_plugin"])
+
+
+def _finished_run(config_name: str, value: float) -> dict:
+    """A stand-in for a finished run of `config_name`: every variable filled with `value`."""
+    shapes = make_start.target_shapes(load_config(config_name))
+    return jax.tree_util.tree_map(lambda s: np.full(s.shape, value, s.dtype), shapes)
+
+
+def test_start_takes_every_variable_with_the_same_path_and_shape(monkeypatch):
+    run = _finished_run("demo", 7.0)
+    monkeypatch.setattr(make_start, "run_variables", lambda workdir: run)
+    target = load_config("manydepth_demo")
+    takes = [make_start.Take.parse(t) for t in
+             ("mono=/runs/demo:depth", "pose=/runs/demo:pose", "depth=/runs/demo:depth")]
+    params, stats, coverage = make_start.build(target, takes)
+    # ManyDepth's single-frame teacher and pose net are Monodepth2's: all of them.
+    assert coverage["mono"][0] == coverage["mono"][1] and coverage["pose"][0] == coverage["pose"][1]
+    # Its multi-frame net: everything but the layers the cost volume changes.
+    covered, total = coverage["depth"]
+    assert 0 < covered < total
+    shapes = make_start.target_shapes(target)
+    for collection, tree in (("params", params), ("batch_stats", stats)):
+        flat = traverse_util.flatten_dict(tree["depth"])
+        expected = traverse_util.flatten_dict(shapes[collection]["depth"])
+        assert set(flat) <= set(expected)
+        assert all(v.shape == expected[k].shape and np.all(v == 7.0) for k, v in flat.items())
+    assert len(traverse_util.flatten_dict(params["depth"])) == covered
+    assert ("encoder", "layer1_0", "conv1", "kernel") in traverse_util.flatten_dict(params["depth"])
+
+
+def test_start_refuses_unknown_networks_and_takes_that_cover_nothing(monkeypatch):
+    demo = load_config("demo")
+    monkeypatch.setattr(make_start, "run_variables", lambda workdir: _finished_run("demo", 1.0))
+    with pytest.raises(ValueError, match="has no network 'panoptic'"):
+        make_start.build(demo, [make_start.Take("panoptic", "/runs/demo", "depth")])
+    with pytest.raises(ValueError, match="the run has no network 'mono'"):
+        make_start.build(demo, [make_start.Take("depth", "/runs/demo", "mono")])
+    monkeypatch.setattr(make_start, "run_variables",
+                        lambda workdir: {"params": {"depth": {"head": np.zeros(3)}},
+                                         "batch_stats": {}})
+    with pytest.raises(ValueError, match="nothing to start from"):
+        make_start.build(demo, [make_start.Take("depth", "/runs/other", "depth")])
+    with pytest.raises(ValueError, match="NET=WORKDIR:SOURCE_NET"):
+        make_start.Take.parse("depth=/runs/demo")

@@ -30,7 +30,7 @@ from jdepth.models.pose_net import PoseNet
 from jdepth.models.resnet import ResNetEncoder
 from jdepth.training import monodepth, recipes
 
-from conftest import REPO, tiny_config
+from conftest import REPO, load_config, tiny_config
 
 TORCH_MISSING = (
     "PyTorch is NOT installed, so the PyTorch parity tests are SKIPPED. Install the test extra "
@@ -269,6 +269,37 @@ def test_encoder_init_config_hook(variables, tmp_path):
         encoder_init.parse("imagenet")
     with pytest.raises(FileNotFoundError):
         monodepth.init_variables(networks, config, jax.random.key(0))
+
+
+def test_params_file_starts_every_manydepth_network(variables, tmp_path):
+    """ManyDepth builds its single-frame teacher and pose net as Monodepth2 does; a params file
+    (fine-tuning, tools/make_start.py) must reach those AND the multi-frame net, keyed as the
+    recipe's own params."""
+    config = load_config("manydepth")
+    config.data.height, config.data.width = H, W
+    # Stand-ins whose `init` returns fixed variables at once (the real nets: 30 s of eager init).
+    multi = {"params": {"encoder": {"conv1": {"kernel": np.zeros((3, 3, 3, 4), np.float32)},
+                                    "cost_reduce": {"kernel": np.zeros((1, 1, 8, 4), np.float32)}}},
+             "batch_stats": {"encoder": {"bn1": {"mean": np.zeros(4, np.float32)}}}}
+    networks = {"mono": types.SimpleNamespace(init=lambda *a, **k: _net_vars(variables, "depth")),
+                "pose": types.SimpleNamespace(init=lambda *a, **k: _net_vars(variables, "pose")),
+                "depth": types.SimpleNamespace(init=lambda *a, **k: multi)}
+    recipe = recipes.get("manydepth")
+    params, stats = recipe.init_variables(networks, config, jax.random.key(0))
+    _assert_trees_identical(params["mono"], variables["params"]["depth"])
+    start = {"mono": jax.tree_util.tree_map(lambda x: x + 1.0, params["mono"]),
+             "depth": {"encoder": {"conv1": {"kernel": np.full((3, 3, 3, 4), 2.0, np.float32)}}}}
+    npz = str(tmp_path / "start.npz")
+    params_npz.save(npz, start, {"depth": {"encoder": {"bn1": {"mean": np.ones(4, np.float32)}}}})
+    config.model.encoder_init = f"params:{npz}"
+    got, got_stats = recipe.init_variables(networks, config, jax.random.key(0))
+    _assert_trees_identical(got["mono"], start["mono"])
+    _assert_trees_identical(got["depth"]["encoder"]["conv1"], start["depth"]["encoder"]["conv1"])
+    _assert_trees_identical(got["depth"]["encoder"]["cost_reduce"],  # not in the file: initial
+                            multi["params"]["encoder"]["cost_reduce"])
+    _assert_trees_identical(got["pose"], params["pose"])
+    np.testing.assert_array_equal(got_stats["depth"]["encoder"]["bn1"]["mean"], np.ones(4))
+    _assert_trees_identical(got_stats["mono"], stats["mono"])
 
 
 # --- Parity with the reference PyTorch networks. --------------------------------------------------

@@ -330,6 +330,37 @@ def test_depth_bins_ema():
     assert float(low) == pytest.approx(0.1)  # widened minimum floored at min_depth
 
 
+@pytest.mark.parametrize("track_steps", [0, 3])
+def test_depth_bins_follow_a_frozen_teachers_range_only_while_tracking(track_steps):
+    """Fine-tuning from a trained teacher frozen at step 0: with `bins_track_steps` the bins are
+    the running mean of its batch ranges (x0.9 / x1.1), then fixed; without, the reference: they
+    keep their initial 0.1 .. 10 once the teacher is frozen."""
+    config = small_config()
+    config.manydepth.bins_track_steps = track_steps
+    extra = {"min_depth_bin": jnp.float32(0.1), "max_depth_bin": jnp.float32(10.0)}
+    frozen = jnp.bool_(False)
+    ranges = [(0.5, 1.0), (0.3, 1.4), (0.4, 1.2), (0.2, 5.0)]  # (min, max) of each step's batch
+    history = []
+    for step, (lo, hi) in enumerate(ranges):
+        depth = jnp.full((2, 4, 4, 1), (lo + hi) / 2).at[:, 0, 0].set(lo).at[:, 1, 1].set(hi)
+        extra, _ = manydepth.next_depth_bins(extra, depth, jnp.int32(step), frozen, config)
+        history.append((float(extra["min_depth_bin"]), float(extra["max_depth_bin"])))
+    if not track_steps:
+        assert history == [(pytest.approx(0.1), pytest.approx(10.0))] * 4
+        return
+    mean = np.mean(ranges[:3], axis=0)
+    np.testing.assert_allclose(history[0], (0.9 * 0.5, 1.1 * 1.0), rtol=1e-6)  # the batch itself
+    np.testing.assert_allclose(history[1], (0.9 * 0.4, 1.1 * 1.2), rtol=1e-6)
+    np.testing.assert_allclose(history[2], (0.9 * mean[0], 1.1 * mean[1]), rtol=1e-6)
+    assert history[3] == history[2]  # past bins_track_steps: fixed, as after the reference's freeze
+    # While the teacher trains the reference's EMA applies from the first step.
+    config.manydepth.bins_track_steps = 0
+    joint, _ = manydepth.next_depth_bins(
+        {"min_depth_bin": jnp.float32(0.1), "max_depth_bin": jnp.float32(10.0)},
+        jnp.full((2, 4, 4, 1), 1.0), jnp.int32(0), jnp.bool_(True), config)
+    assert float(joint["max_depth_bin"]) == pytest.approx(0.99 * 10.0 + 0.01 * 1.1)
+
+
 def test_matching_augmentation_draws():
     config = small_config()
     static, zero = manydepth.matching_augmentation(jax.random.key(3), jnp.arange(4000), config)

@@ -158,3 +158,35 @@ def test_recorded_numbers_stand_in_for_missing_run_folders(tmp_path, monkeypatch
     assert written["recorded"] == ("monodepth2",)
     saved = json.loads((tmp_path / "R.json").read_text())
     assert saved["results"]["monodepth2"] == recorded["results"]["monodepth2"]
+
+
+def test_started_entries_start_from_earlier_entries_runs():
+    """A fine-tuned entry's start weights come from suite runs trained before it, parseable as
+    tools/make_start.py takes (NET=WORKDIR:SOURCE)."""
+    suite = _suite()
+    order = [e.name for e in suite.SUITE]
+    started = [e for e in suite.SUITE if e.start]
+    assert {e.name for e in started} >= {"manydepth_plus", "hrdepth_plus_full", "hrdepth_pp_full"}
+    for entry in started:
+        for take in entry.start:
+            net, rest = take.split("=")
+            workdir, source = rest.rsplit(":", 1)
+            assert workdir.startswith("{runs}/") and net and source, take
+            assert order.index(workdir.removeprefix("{runs}/")) < order.index(entry.name), take
+
+
+def test_page_rewrite_keeps_other_tools_and_hand_written_blocks():
+    suite = _suite()
+    old = ("# Results\n\n<!-- testbeds:begin -->\n## Both testbeds\nT\n<!-- testbeds:end -->\n\n"
+           "Written by the suite.\n\n## Test split\n| old table |\n\n"
+           "<!-- plugins:begin -->\nP\n<!-- plugins:end -->\n\nloose old text\n\n"
+           "<!-- by-hand:begin (hand-written) -->\nH\n<!-- by-hand:end -->\n")
+    new = "# Results\n\nWritten by the suite.\n\n## Test split\n| new table |\n"
+    page = suite.with_kept_blocks(new, old)
+    assert page.startswith("# Results\n\n<!-- testbeds:begin -->\n## Both testbeds\nT\n"
+                           "<!-- testbeds:end -->\n\nWritten by the suite.")
+    assert "| new table |" in page and "| old table |" not in page
+    assert page.index("| new table |") < page.index("<!-- plugins:begin -->") \
+        < page.index("<!-- by-hand:begin (hand-written) -->\nH\n<!-- by-hand:end -->")
+    assert "loose old text" not in page
+    assert suite.with_kept_blocks(new, page) == page  # a second rewrite changes nothing

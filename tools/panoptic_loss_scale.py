@@ -26,6 +26,7 @@ from ml_collections import config_dict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jdepth import config_files
 from jdepth.config_files import sibling
 from jdepth.data import pipeline
 from jdepth.training import datasets, loop, recipes
@@ -35,22 +36,11 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TERMS = (("ce", "class_weight"), ("mask", "mask_weight"), ("dice", "dice_weight"))
 
 
-def override(config, assignment: str) -> None:
-    """`section.field=value` (value as the field's current type) into the config."""
-    path, value = assignment.split("=", 1)
-    *parents, field = path.split(".")
-    node = config
-    for parent in parents:
-        node = node[parent]
-    node[field] = type(node[field])(value) if not isinstance(node[field], bool) else (
-        value.lower() in ("1", "true"))
-
-
 def load(name: str, batch_size: int, overrides=()):
     """The config with a small synthetic set at its own resolution and the given batch."""
     config = sibling(os.path.join(CONFIGS, "x.py"), name).get_config()
     for assignment in overrides:
-        override(config, assignment)
+        config_files.override(config, assignment)
     d = config.data
     # Synthetic frames in place of KITTI: the loss scale at step 0 needs labels, not real scenes.
     d.root = ""

@@ -6,13 +6,17 @@
 
 The papers start from ImageNet-initialised encoders; here the stand-in is a Monodepth2 checkpoint
 trained on the testbed (`--start`, a finished `configs/demo.py` run on the synthetic set). Every
-variant fine-tunes from it for the same number of epochs, with each seed (data order, augmentation
-and the plug-ins' own randomness; the starting weights are the same):
+variant fine-tunes from it for the same number of epochs, the last at lr / 10 as the start's own
+schedule ends, with the automask from the first step (the demo's from-scratch aid
+`loss.automask_start_step=40` trains the start's depth on static pixels for 40 steps: the control
+then ends at 0.368 from the start's 0.275), with each seed (data order, augmentation and the
+plug-ins' own randomness; the starting weights are the same):
 
   control        Monodepth2 (configs/demo.py), no plug-in
   issl           + ISSL isometric self-samples (Cha et al.; configs/demo_issl.py)
   panoptic_head  + YOSO panoptic head at the paper's weight 0.35 (Shyam et al.)
-  contrastive    + instance-aware contrastive loss at 0.1
+  contrastive    + instance-aware contrastive loss at 0.1 (the paper gives no weight: FSRE's)
+  contrastive_low  the same at 0.001, the weight configs/demo_panoptic.py ships
   piecewise      + piece-wise pose, the paper's settings (configs/demo_piecewise.py)
   small_objects  + small-object masking (thing instances under `masking.min_area_fraction` of the
                  image left out of the photometric loss; Shyam et al. Sec. 3)
@@ -43,8 +47,14 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_start  # noqa: E402  (assembles the start .npz from the finished run)
 import run_testbeds  # noqa: E402  (the sibling runner: its page writer and --only selection)
 BEGIN, END = "<!-- plugins:begin -->", "<!-- plugins:end -->"
+
+
+# A teacher frozen from step 0 never moves ManyDepth's bins from their initial 0.1 .. 10 (a relative
+# depth teacher here spans about 0.1 .. 1.1): they follow it for the first 20 steps instead.
+FROZEN_TEACHER_BINS = ("--config.manydepth.bins_track_steps=20",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +74,8 @@ VARIANTS = (
             ("--config.panoptic.weight=0.35", "--config.contrastive.enabled=False")),
     Variant("contrastive", "demo_panoptic", "+ contrastive loss (0.1)", "control",
             ("--config.panoptic.enabled=False", "--config.contrastive.weight=0.1"), "edge_band"),
+    Variant("contrastive_low", "demo_panoptic", "+ contrastive loss (0.001)", "control",
+            ("--config.panoptic.enabled=False", "--config.contrastive.weight=0.001"), "edge_band"),
     Variant("piecewise", "demo_piecewise", "+ piece-wise pose (paper settings)", "control",
             region="moving"),
     Variant("small_objects", "demo", "+ small-object masking", "control",
@@ -76,42 +88,27 @@ VARIANTS = (
 
 def start_weights(start: str, out_dir: str, recipe: str) -> str:
     """The start checkpoint as a params .npz for `recipe` ('monodepth2' or 'manydepth')."""
-    from jdepth.interop import params_npz, trees
-    from jdepth.training import checkpoint, recipes
+    from jdepth.config_files import sibling
+    from jdepth.interop import params_npz
+    from jdepth.training import checkpoint
 
     path = os.path.join(out_dir, f"start_{recipe}.npz")
     if os.path.exists(path):
         return path
-    config = checkpoint.load_config(start)
-    restored, _ = checkpoint.restore_params(start, recipes.abstract_state_tree(config))
-    params = {k: v for k, v in restored["params"].items()}
-    stats = {k: v for k, v in restored["batch_stats"].items()}
     if recipe == "manydepth":
         # Its teacher is a Monodepth2 depth net; its multi-frame net shares the ResNet encoder and
         # the decoder layout, so every variable with the same path and shape starts from them too.
-        target = jax_shapes(config, "manydepth_demo")
-        multi = {c: trees.matching_subset(tree["depth"], target[c]["depth"])
-                 for c, tree in (("params", params), ("batch_stats", stats))}
-        params = {"mono": params["depth"], "pose": params["pose"], "depth": multi["params"]}
-        stats = {"mono": stats["depth"], "pose": stats["pose"], "depth": multi["batch_stats"]}
+        name, takes = "manydepth_demo", ("mono=depth", "pose=pose", "depth=depth")
+    else:
+        name, takes = "demo", ("depth=depth", "pose=pose")
+    config = sibling(os.path.join(REPO, "configs", "x.py"), name).get_config()
+    start_config = checkpoint.load_config(start)
+    config.data.height, config.data.width = start_config.data.height, start_config.data.width
+    takes = [make_start.Take(net, start, source)
+             for net, source in (t.split("=") for t in takes)]
+    params, stats, _ = make_start.build(config, takes)
     params_npz.save(path, params, stats)
     return path
-
-
-def jax_shapes(config, config_name: str) -> dict:
-    """{"params": ..., "batch_stats": ...} shape trees of `config_name` at `config`'s size."""
-    import jax
-
-    from jdepth.config_files import sibling
-    from jdepth.training import recipes
-
-    target_config = sibling(os.path.join(REPO, "configs", "x.py"), config_name).get_config()
-    target_config.data.height, target_config.data.width = config.data.height, config.data.width
-    recipe = recipes.get(target_config.recipe)
-    networks = recipe.build_networks(target_config, bn_axis_name=None)
-    params, stats = jax.eval_shape(
-        lambda: recipe.init_variables(networks, target_config, jax.random.PRNGKey(0)))
-    return {"params": params, "batch_stats": stats}
 
 
 def train(variant: Variant, seed: int, args, start_npz: str) -> str:
@@ -122,13 +119,14 @@ def train(variant: Variant, seed: int, args, start_npz: str) -> str:
                "--workdir", workdir, f"--config.seed={seed}",
                f"--config.model.encoder_init=params:{start_npz}",
                f"--config.train.num_epochs={args.steps_epochs}",
-               f"--config.optim.decay_epochs=({args.steps_epochs},)",
+               f"--config.optim.decay_epochs=({max(args.steps_epochs - 1, 1)},)",
+               "--config.loss.automask_start_step=0",
                "--config.train.eval_every_epochs=0", "--config.train.progress_bar=False",
                *variant.overrides]
         if variant.config.startswith("manydepth"):
             # The teacher starts trained: freeze it from the start, as ManyDepth does after its
-            # first epochs.
-            cmd.append("--config.manydepth.freeze_teacher_epoch=0")
+            # first epochs, and let the cost volume's depth range find its depths first.
+            cmd += ["--config.manydepth.freeze_teacher_epoch=0", *FROZEN_TEACHER_BINS]
         os.makedirs(workdir, exist_ok=True)
         print(f"[plugins] {variant.name}/seed{seed}", flush=True)
         with open(os.path.join(workdir, "train.log"), "a") as log:
@@ -158,6 +156,11 @@ def scores(workdir: str, region: str | None) -> dict:
     return out
 
 
+def start_abs_rel(start: str) -> float:
+    with open(os.path.join(start, "eval", "train_final_test_metrics.json")) as f:
+        return json.load(f)["abs_rel"]
+
+
 def verdict(differences: list[float]) -> str:
     d = np.asarray(differences)
     if len(d) < 2:
@@ -170,11 +173,11 @@ def verdict(differences: list[float]) -> str:
     return "within noise"
 
 
-def table(results: dict, seeds) -> str:
+def table(results: dict, seeds, budget: str = "the same number of steps") -> str:
     lines = [BEGIN, "", "## Plug-ins from one shared starting point", "",
              ("Written by `python tools/run_plugin_protocol.py` (do not edit by hand). Every row "
              "fine-tunes the same Monodepth2 checkpoint (the stand-in for the papers' "
-             "ImageNet-initialised encoders) for the same number of steps, once per seed; the "
+             f"ImageNet-initialised encoders) for {budget}, once per seed; the "
              "difference is paired by seed. Paper's claim: the plug-in lowers AbsRel; `yes`/`no` "
              "when the mean difference is beyond twice its standard error, else `within noise`."),
              "", ("| plug-in | what | metric | mean ± std | control | difference (paired) | "
@@ -233,7 +236,9 @@ def main(argv=None) -> int:
             results[v.name][seed] = score
     with open(os.path.splitext(args.results)[0] + "_plugins.json", "w") as f:
         json.dump({v: {str(s): r for s, r in d.items()} for v, d in results.items()}, f, indent=1)
-    run_testbeds.write_results(args.results, table(results, seeds), BEGIN, END)
+    budget = (f"{args.steps_epochs} epochs, the last at lr / 10, from `{args.start}` (test "
+              f"AbsRel {start_abs_rel(args.start):.3f})")
+    run_testbeds.write_results(args.results, table(results, seeds, budget), BEGIN, END)
     print(f"[plugins] wrote {args.results}")
     return 0
 

@@ -4,9 +4,11 @@
       [--results RESULTS.md] [--figure docs/synthetic_suite.png]
 
 Each entry of SUITE is a config file (all demo-sized: 192x64, batch 8, the same epochs, seed and
-synthetic set) and the workdir it trains in. A run that already finished is not trained again and
-a killed one resumes (the train command resumes by itself), so the suite can be stopped and
-restarted at will. Then every run is evaluated the same way:
+synthetic set) and the workdir it trains in; an entry with a `start` fine-tunes the finished runs
+of earlier entries instead (tools/make_start.py assembles the weights into {runs}/starts/). A run
+that already finished is not trained again and a killed one resumes (the train command resumes by
+itself), so the suite can be stopped and restarted at will. Then every run is evaluated the same
+way:
 
   * the test-split table of the train command (Eigen velodyne protocol, median-scaled), next to
     the "average training depth map" baseline;
@@ -27,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -48,6 +51,9 @@ class Entry:
     what: str
     overrides: tuple[str, ...] = ()
     ablation: bool = False  # in the tables, not in the figure
+    # NET=WORKDIR:SOURCE takes of tools/make_start.py ("{runs}" is the suite's runs folder): the
+    # run starts from those finished runs' weights instead of scratch.
+    start: tuple[str, ...] = ()
 
 
 REGIONS = ("all", "moving", "edge_band", "static")  # jdepth/eval/regions.py
@@ -55,6 +61,18 @@ _PAPER_WEIGHTS = ("--config.panoptic.weight=0.35", "--config.contrastive.weight=
 # Outputs starting near metric values (jdepth/training/metric_init.py): depth 10 m, translation in
 # metres. With the reference's parametrisation (depth 0.2 and translation 0.01 x the decoder at
 # step 0) a run whose ego translation grows slowly pushes near pixels onto the min_depth floor.
+# The full recipes fine-tune finished runs for two epochs (86 steps), the second at lr / 10 as the
+# runs' own schedules end, with the automask from the first step (the demo's from-scratch delay
+# would train the finished depth on static pixels first); tools/run_plugin_protocol.py does the same.
+_FINE_TUNE = ("--config.train.num_epochs=2", "--config.optim.decay_epochs=(1,)",
+              "--config.loss.automask_start_step=0")
+# The ManyDepth teacher starts trained: frozen from the start, the cost volume's bins following it
+# for 20 steps (they would stay at 0.1 .. 10 m; tools/run_plugin_protocol.py does the same).
+_FROZEN_TEACHER = ("--config.manydepth.freeze_teacher_epoch=0",
+                   "--config.manydepth.bins_track_steps=20")
+_HRNET_START = ("depth={runs}/hrdepth_pp:depth", "pose={runs}/hrdepth_pp:pose")
+_MANYDEPTH_PLUS_START = ("mono={runs}/monodepth2:depth", "pose={runs}/monodepth2:pose",
+                         "depth={runs}/hrdepth_pp:depth")
 _METRIC_INIT = ("--config.model.init_depth=10.0", "--config.model.pose_translation_scale=1.0")
 
 
@@ -205,16 +223,30 @@ SUITE = (
           ("--config.distill.teacher_workdir={runs}/manydepth",) + _PLUGINS_OFF),
     # The Shyam et al. recipes as the paper states them (issue 24): every component on (panoptic
     # head, contrastive loss, small-object masking, piece-wise pose; MSFF in the teacher), the
-    # student distilled from the ManyDepth+ teacher as in the paper's two-stage flow.
+    # student distilled from the ManyDepth+ teacher as in the paper's two-stage flow. From scratch
+    # at this budget the ManyDepth+ twin collapsed (RESULTS.md); the papers start from ImageNet
+    # encoders, so these start from finished suite runs (the stand-in, as in issue 23's plug-in
+    # protocol): the ResNet nets from `monodepth2`, the HRNet depth net from `hrdepth_pp`'s (trained
+    # by the photometric loss alone: the distillation moves only its scale) and fine-tune for
+    # _FINE_TUNE epochs; `*_ctrl` rows fine-tune the same start as long with the components off.
     Entry("manydepth_plus", "manydepth_plus_demo",
           "ManyDepth+ (teacher: HRNet-18, MSFF cost volume, panoptic, contrastive, small-object "
-          "masking, piece-wise pose)"),
+          "masking, piece-wise pose), fine-tuned from the start",
+          _FINE_TUNE + _FROZEN_TEACHER, start=_MANYDEPTH_PLUS_START),
+    Entry("manydepth_plus_ctrl", "manydepth_plus_demo",
+          "control: `manydepth_plus` from the same start with the Shyam components off (HRNet "
+          "ManyDepth, no MSFF)",
+          _FINE_TUNE + _FROZEN_TEACHER + ("--config.model.msff=False",) + _PLUGINS_OFF, ablation=True, start=_MANYDEPTH_PLUS_START),
     Entry("hrdepth_plus_full", "hrdepth_plus_demo",
           "HRDepth+ (Student-I) with every component (panoptic, contrastive, small-object "
-          "masking, piece-wise pose)"),
+          "masking, piece-wise pose), fine-tuned from the start", _FINE_TUNE, start=_HRNET_START),
+    Entry("hrdepth_plus_ctrl", "hrdepth_plus_demo",
+          "control: `hrdepth_plus_full` from the same start with the components off",
+          _FINE_TUNE + _PLUGINS_OFF, ablation=True, start=_HRNET_START),
     Entry("hrdepth_pp_full", "hrdepth_pp_demo",
           "HRDepth++ (Student-II) with every component, distilled from `manydepth_plus`",
-          ("--config.distill.teacher_workdir={runs}/manydepth_plus",)),
+          _FINE_TUNE + ("--config.distill.teacher_workdir={runs}/manydepth_plus",),
+          start=_HRNET_START),
     # The metric two-stage flow (DESIGN.md item 8): the teacher with the speed loss and metric
     # output parametrisation (jdepth/training/metric_init.py), then Student-II distilled from it.
     Entry("manydepth_metric", "manydepth_metric_demo",
@@ -245,6 +277,8 @@ def train(entry: Entry, runs: str, log_dir: str) -> dict:
                "--config", os.path.join(REPO, "configs", f"{entry.config}.py"),
                "--workdir", workdir, "--config.train.progress_bar=False",
                *(o.replace("{runs}", os.path.abspath(runs)) for o in entry.overrides)]
+        if entry.start:
+            cmd.append(f"--config.model.encoder_init=params:{make_start(entry, runs, log_dir)}")
         print(f"[suite] {entry.name}: {' '.join(cmd[1:])}", flush=True)
         start = time.time()
         with open(os.path.join(log_dir, f"{entry.name}.log"), "a") as log:
@@ -259,6 +293,21 @@ def train(entry: Entry, runs: str, log_dir: str) -> dict:
         result = json.load(f)
     result["wall_seconds"] = json.load(open(timing))["seconds"] if os.path.exists(timing) else None
     return result
+
+
+def make_start(entry: Entry, runs: str, log_dir: str) -> str:
+    """The entry's start weights (tools/make_start.py), written once into {runs}/starts/."""
+    path = os.path.join(os.path.abspath(runs), "starts", f"{entry.name}.npz")
+    if not os.path.exists(path):
+        cmd = [sys.executable, os.path.join(REPO, "tools", "make_start.py"),
+               "--config", os.path.join(REPO, "configs", f"{entry.config}.py"), "--out", path]
+        for take in entry.start:
+            cmd += ["--take", take.replace("{runs}", os.path.abspath(runs))]
+        cmd += [f"--set={o.replace('{runs}', os.path.abspath(runs))}" for o in entry.overrides]
+        with open(os.path.join(log_dir, f"{entry.name}.log"), "a") as log:
+            if subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode:
+                raise RuntimeError(f"{entry.name}: no start weights, see {log_dir}/{entry.name}.log")
+    return path
 
 
 def evaluate(entry: Entry, runs: str) -> dict:
@@ -511,8 +560,32 @@ def write_results(entries, results: dict, baseline: dict, path: str,
                   "Columns: input, exact depth, then "
                   + ", ".join(f"`{e.name}`" for e in entries if not e.ablation)
                   + " (disparity, colour-mapped per image).", "", f"![suite]({rel})"]
+    text = "\n".join(lines) + "\n"
+    if os.path.exists(path):
+        with open(path) as f:
+            text = with_kept_blocks(text, f.read())
     with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(text)
+
+
+# Other tools' and hand-written blocks of the page: `<!-- NAME:begin ... -->` to `<!-- NAME:end -->`.
+_BLOCK = re.compile(r"<!-- ([\w-]+):begin[^>]*-->.*?<!-- \1:end -->", re.DOTALL)
+_FIRST_TABLE = "## Test split"
+
+
+def with_kept_blocks(page: str, old_page: str) -> str:
+    """The suite's new `page` with the marked blocks of `old_page` kept where they were: those
+    above the suite's first table stay under the title, the others after the suite's tables."""
+    first = old_page.find(_FIRST_TABLE)
+    top, bottom = [], []
+    for match in _BLOCK.finditer(old_page):
+        (top if 0 <= match.start() < first else bottom).append(match.group(0))
+    if top:
+        title, sep, rest = page.partition("\n\n")
+        page = title + sep + "\n\n".join(top) + "\n\n" + rest
+    if bottom:
+        page = page.rstrip("\n") + "\n\n" + "\n\n".join(bottom) + "\n"
+    return page
 
 
 def main(argv=None) -> int:

@@ -35,6 +35,7 @@ import optax
 from flax import linen as nn
 
 from jdepth import geometry
+from jdepth.interop import encoder_init
 from jdepth.losses import manydepth as md_losses
 from jdepth.losses import velocity as velocity_lib
 from jdepth.models.manydepth import MATCHING_SCALE, ManyDepthNet
@@ -123,11 +124,20 @@ def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
     the teacher then follows the Monodepth2 run step for step, so a comparison of the two recipes
     measures what the multi-frame network adds. (From scratch the teacher's fate depends on its
     initial values: with another draw it saturated at the minimum depth by step 50; RESULTS.md.)
+
+    `model.encoder_init`: ImageNet weights go into the single-frame networks' encoders (as for
+    Monodepth2); a params file (fine-tuning, tools/make_start.py) into the whole tree, keyed
+    ``depth`` (multi-frame), ``mono``, ``pose``, ... as the params this returns.
     """
     single_frame = {"depth": networks["mono"], "pose": networks["pose"]}
     if piecewise.INSTANCE_NET in networks:
         single_frame[piecewise.INSTANCE_NET] = networks[piecewise.INSTANCE_NET]
-    params, batch_stats = monodepth.init_variables(single_frame, config, rng)
+    spec = config.model.get("encoder_init", "scratch")
+    pretrained_whole_tree = encoder_init.parse(spec)[0] == "params"
+    if pretrained_whole_tree:
+        params, batch_stats = monodepth.random_variables(single_frame, config, rng)
+    else:
+        params, batch_stats = monodepth.init_variables(single_frame, config, rng)
     depth_rng = jax.random.fold_in(rng, 2)
     h, w = config.data.height, config.data.width
     image = jnp.zeros((1, h, w, 3), jnp.float32)
@@ -147,7 +157,38 @@ def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
         params[panoptic_plugin.HEAD] = panoptic_plugin.init_head(
             networks[panoptic_plugin.HEAD], features, jax.random.fold_in(rng, 1)
         )
+    if pretrained_whole_tree:
+        return encoder_init.apply(params, batch_stats, spec)
     return params, batch_stats
+
+
+def next_depth_bins(extra: dict, teacher_depth: jax.Array, step: jax.Array, joint: jax.Array,
+                    config, axis_name: str | None = None) -> tuple[dict, dict]:
+    """The cost volume's depth range after one step: ({"min_depth_bin", "max_depth_bin"}, stats).
+
+    As the reference: an EMA of the teacher's batch ranges while the teacher trains, fixed after
+    the freeze. `manydepth.bins_track_steps` = N > 0 (fine-tuning from a trained teacher, frozen
+    from step 0): for the first N steps, frozen or not, the range is the running mean of the
+    teacher's batch ranges (the first step takes the batch's range itself), so the bins cover the
+    teacher's depths instead of staying at their initial 0.1 .. 10.
+
+    Args:
+      extra: the state's {"min_depth_bin", "max_depth_bin"} scalars.
+      teacher_depth: `[B, H, W, 1]` the single-frame teacher's depth at scale 0.
+      step: the state's step before this update; joint: bool, the teacher still trains.
+    """
+    c = config.manydepth
+    tracking = step < c.get("bins_track_steps", 0)
+    momentum = jnp.where(tracking, jnp.minimum(c.bins_momentum, step / (step + 1.0)),
+                         c.bins_momentum)
+    new_min, new_max, stats = md_losses.update_depth_bins(
+        extra["min_depth_bin"], extra["max_depth_bin"], teacher_depth,
+        min_depth=config.model.min_depth, momentum=momentum,
+        margins=(c.bins_margin_min, c.bins_margin_max), axis_name=axis_name,
+    )
+    update = joint | tracking
+    return ({"min_depth_bin": jnp.where(update, new_min, extra["min_depth_bin"]),
+             "max_depth_bin": jnp.where(update, new_max, extra["max_depth_bin"])}, stats)
 
 
 def init_extra(config) -> dict:
@@ -363,14 +404,8 @@ def train_step(
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
 
-    c = config.manydepth
-    new_min, new_max, bin_stats = md_losses.update_depth_bins(
-        state.extra["min_depth_bin"], state.extra["max_depth_bin"], teacher_depth,
-        min_depth=config.model.min_depth, momentum=c.bins_momentum,
-        margins=(c.bins_margin_min, c.bins_margin_max), axis_name=axis_name,
-    )
-    extra = {"min_depth_bin": jnp.where(joint, new_min, state.extra["min_depth_bin"]),
-             "max_depth_bin": jnp.where(joint, new_max, state.extra["max_depth_bin"])}
+    extra, bin_stats = next_depth_bins(state.extra, teacher_depth, state.step, joint, config,
+                                       axis_name)
     new_state = state.apply_gradients(grads, batch_stats, extra)
     metrics = {**aux, "loss": loss, "grad_norm": optax.global_norm(grads),
                "bins/min": extra["min_depth_bin"], "bins/max": extra["max_depth_bin"],

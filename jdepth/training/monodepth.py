@@ -89,7 +89,15 @@ def build_networks(config, bn_axis_name: str | None = None) -> dict[str, nn.Modu
 
 
 def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
-    """Initial (params, batch_stats), both dicts keyed by network name."""
+    """Initial (params, batch_stats), both dicts keyed by network name, with `model.encoder_init`'s
+    pretrained weights put in (jdepth/interop/encoder_init.py)."""
+    params, batch_stats = random_variables(networks, config, rng)
+    return encoder_init.apply(params, batch_stats, config.model.get("encoder_init", "scratch"))
+
+
+def random_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
+    """`init_variables` without `model.encoder_init` (recipes that embed these networks put the
+    pretrained weights into their own whole tree)."""
     h, w = config.data.height, config.data.width
     image = jnp.zeros((1, h, w, 3), jnp.float32)
     depth_rng, pose_rng = jax.random.split(rng)
@@ -109,9 +117,7 @@ def init_variables(networks: dict[str, nn.Module], config, rng: jax.Array):
         params[panoptic_plugin.HEAD] = panoptic_plugin.init_head(
             networks[panoptic_plugin.HEAD], features, jax.random.fold_in(rng, 1)
         )
-    params = metric_init.apply(params, config)  # model.init_depth
-    # Pretrained (ImageNet or converted) weights, see jdepth/interop/encoder_init.py.
-    return encoder_init.apply(params, batch_stats, config.model.get("encoder_init", "scratch"))
+    return metric_init.apply(params, config), batch_stats  # model.init_depth
 
 
 def predict_poses(
