@@ -465,7 +465,9 @@ def write_results(entries, results: dict, baseline: dict, path: str,
         "",
         "Written by `python tools/run_synthetic_suite.py` (do not edit by hand). Every recipe is "
         "trained from scratch with its demo config: the same synthetic drives, 192x64, batch 8, "
-        "the same number of epochs and the same seed. Test split: one held-out drive. "
+        "the same number of epochs and the same seed; rows \"fine-tuned from the start\" (and "
+        "their controls) instead fine-tune earlier rows' runs for 2 epochs (tools/make_start.py). "
+        "Test split: one held-out drive. "
         "`wall` is the training time on the machine that ran the suite (a 2-core CPU here, "
         "often shared by two to four of these runs at once: compare CPU cost with "
         "tools/benchmark.py, not with this column).",
@@ -559,7 +561,8 @@ def write_results(entries, results: dict, baseline: dict, path: str,
         lines += ["", "## Test frames", "",
                   "Columns: input, exact depth, then "
                   + ", ".join(f"`{e.name}`" for e in entries if not e.ablation)
-                  + " (disparity, colour-mapped per image).", "", f"![suite]({rel})"]
+                  + " (disparity, colour-mapped per image; the figure is redrawn only when every one "
+                  "of them has a run folder, so it may lack the newest).", "", f"![suite]({rel})"]
     text = "\n".join(lines) + "\n"
     if os.path.exists(path):
         with open(path) as f:
