@@ -27,6 +27,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
+# A teacher frozen from step 0 never moves ManyDepth's bins from their initial 0.1 .. 10 (a relative
+# depth teacher here spans about 0.1 .. 1.1): they follow it for the first 20 steps instead.
+FROZEN_TEACHER = ("--config.manydepth.freeze_teacher_epoch=0",
+                  "--config.manydepth.bins_track_steps=20")
+
+
+def fine_tune_overrides(epochs: int) -> tuple[str, ...]:
+    """jdepth.train overrides of a fine-tune from a start: `epochs` epochs, the last at lr / 10 as
+    the start's own schedule ended, and the automask from step 0 (the demo's from-scratch delay of
+    40 steps trained the start's depth on static pixels first: the plug-in protocol's control went
+    from the start's 0.275 to 0.368). Add FROZEN_TEACHER for a ManyDepth recipe."""
+    return (f"--config.train.num_epochs={epochs}",
+            f"--config.optim.decay_epochs=({max(epochs - 1, 1)},)",
+            "--config.loss.automask_start_step=0")
+
+
 @dataclasses.dataclass(frozen=True)
 class Take:
     net: str  # the target's network ("depth", "mono", "pose", ...)

@@ -6,11 +6,9 @@
 
 The papers start from ImageNet-initialised encoders; here the stand-in is a Monodepth2 checkpoint
 trained on the testbed (`--start`, a finished `configs/demo.py` run on the synthetic set). Every
-variant fine-tunes from it for the same number of epochs, the last at lr / 10 as the start's own
-schedule ends, with the automask from the first step (the demo's from-scratch aid
-`loss.automask_start_step=40` trains the start's depth on static pixels for 40 steps: the control
-then ends at 0.368 from the start's 0.275), with each seed (data order, augmentation and the
-plug-ins' own randomness; the starting weights are the same):
+variant fine-tunes from it for the same number of epochs, the last at lr / 10, with the automask
+from the first step (make_start.fine_tune_overrides), with each seed (data order, augmentation and
+the plug-ins' own randomness; the starting weights are the same):
 
   control        Monodepth2 (configs/demo.py), no plug-in
   issl           + ISSL isometric self-samples (Cha et al.; configs/demo_issl.py)
@@ -50,11 +48,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_start  # noqa: E402  (assembles the start .npz from the finished run)
 import run_testbeds  # noqa: E402  (the sibling runner: its page writer and --only selection)
 BEGIN, END = "<!-- plugins:begin -->", "<!-- plugins:end -->"
-
-
-# A teacher frozen from step 0 never moves ManyDepth's bins from their initial 0.1 .. 10 (a relative
-# depth teacher here spans about 0.1 .. 1.1): they follow it for the first 20 steps instead.
-FROZEN_TEACHER_BINS = ("--config.manydepth.bins_track_steps=20",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,14 +91,13 @@ def start_weights(start: str, out_dir: str, recipe: str) -> str:
     if recipe == "manydepth":
         # Its teacher is a Monodepth2 depth net; its multi-frame net shares the ResNet encoder and
         # the decoder layout, so every variable with the same path and shape starts from them too.
-        name, takes = "manydepth_demo", ("mono=depth", "pose=pose", "depth=depth")
+        name, pairs = "manydepth_demo", (("mono", "depth"), ("pose", "pose"), ("depth", "depth"))
     else:
-        name, takes = "demo", ("depth=depth", "pose=pose")
+        name, pairs = "demo", (("depth", "depth"), ("pose", "pose"))
     config = sibling(os.path.join(REPO, "configs", "x.py"), name).get_config()
     start_config = checkpoint.load_config(start)
     config.data.height, config.data.width = start_config.data.height, start_config.data.width
-    takes = [make_start.Take(net, start, source)
-             for net, source in (t.split("=") for t in takes)]
+    takes = [make_start.Take(net, start, source) for net, source in pairs]
     params, stats, _ = make_start.build(config, takes)
     params_npz.save(path, params, stats)
     return path
@@ -118,15 +110,13 @@ def train(variant: Variant, seed: int, args, start_npz: str) -> str:
                "--config", os.path.join(REPO, "configs", f"{variant.config}.py"),
                "--workdir", workdir, f"--config.seed={seed}",
                f"--config.model.encoder_init=params:{start_npz}",
-               f"--config.train.num_epochs={args.steps_epochs}",
-               f"--config.optim.decay_epochs=({max(args.steps_epochs - 1, 1)},)",
-               "--config.loss.automask_start_step=0",
+               *make_start.fine_tune_overrides(args.steps_epochs),
                "--config.train.eval_every_epochs=0", "--config.train.progress_bar=False",
                *variant.overrides]
         if variant.config.startswith("manydepth"):
             # The teacher starts trained: freeze it from the start, as ManyDepth does after its
             # first epochs, and let the cost volume's depth range find its depths first.
-            cmd += ["--config.manydepth.freeze_teacher_epoch=0", *FROZEN_TEACHER_BINS]
+            cmd += make_start.FROZEN_TEACHER
         os.makedirs(workdir, exist_ok=True)
         print(f"[plugins] {variant.name}/seed{seed}", flush=True)
         with open(os.path.join(workdir, "train.log"), "a") as log:

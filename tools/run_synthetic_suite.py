@@ -39,6 +39,9 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import make_start  # the fine-tune settings its started entries share with the protocol
 
 from jdepth.colormap import colorize  # noqa: E402
 from jdepth.data import kitti  # noqa: E402
@@ -61,19 +64,14 @@ _PAPER_WEIGHTS = ("--config.panoptic.weight=0.35", "--config.contrastive.weight=
 # Outputs starting near metric values (jdepth/training/metric_init.py): depth 10 m, translation in
 # metres. With the reference's parametrisation (depth 0.2 and translation 0.01 x the decoder at
 # step 0) a run whose ego translation grows slowly pushes near pixels onto the min_depth floor.
-# The full recipes fine-tune finished runs for two epochs (86 steps), the second at lr / 10 as the
-# runs' own schedules end, with the automask from the first step (the demo's from-scratch delay
-# would train the finished depth on static pixels first); tools/run_plugin_protocol.py does the same.
-_FINE_TUNE = ("--config.train.num_epochs=2", "--config.optim.decay_epochs=(1,)",
-              "--config.loss.automask_start_step=0")
-# The ManyDepth teacher starts trained: frozen from the start, the cost volume's bins following it
-# for 20 steps (they would stay at 0.1 .. 10 m; tools/run_plugin_protocol.py does the same).
-_FROZEN_TEACHER = ("--config.manydepth.freeze_teacher_epoch=0",
-                   "--config.manydepth.bins_track_steps=20")
+_METRIC_INIT = ("--config.model.init_depth=10.0", "--config.model.pose_translation_scale=1.0")
+# The full recipes fine-tune finished runs for two epochs (86 steps) as the plug-in protocol does;
+# a ManyDepth teacher starts trained and frozen.
+_FINE_TUNE = make_start.fine_tune_overrides(2)
+_FROZEN_TEACHER = make_start.FROZEN_TEACHER
 _HRNET_START = ("depth={runs}/hrdepth_pp:depth", "pose={runs}/hrdepth_pp:pose")
 _MANYDEPTH_PLUS_START = ("mono={runs}/monodepth2:depth", "pose={runs}/monodepth2:pose",
                          "depth={runs}/hrdepth_pp:depth")
-_METRIC_INIT = ("--config.model.init_depth=10.0", "--config.model.pose_translation_scale=1.0")
 
 
 def _motion_prior(weight: float, separate: bool = True, ego_warped: bool = False
@@ -236,7 +234,8 @@ SUITE = (
     Entry("manydepth_plus_ctrl", "manydepth_plus_demo",
           "control: `manydepth_plus` from the same start with the Shyam components off (HRNet "
           "ManyDepth, no MSFF)",
-          _FINE_TUNE + _FROZEN_TEACHER + ("--config.model.msff=False",) + _PLUGINS_OFF, ablation=True, start=_MANYDEPTH_PLUS_START),
+          _FINE_TUNE + _FROZEN_TEACHER + ("--config.model.msff=False",) + _PLUGINS_OFF,
+          ablation=True, start=_MANYDEPTH_PLUS_START),
     Entry("hrdepth_plus_full", "hrdepth_plus_demo",
           "HRDepth+ (Student-I) with every component (panoptic, contrastive, small-object "
           "masking, piece-wise pose), fine-tuned from the start", _FINE_TUNE, start=_HRNET_START),
@@ -278,7 +277,7 @@ def train(entry: Entry, runs: str, log_dir: str) -> dict:
                "--workdir", workdir, "--config.train.progress_bar=False",
                *(o.replace("{runs}", os.path.abspath(runs)) for o in entry.overrides)]
         if entry.start:
-            cmd.append(f"--config.model.encoder_init=params:{make_start(entry, runs, log_dir)}")
+            cmd.append(f"--config.model.encoder_init=params:{start_weights(entry, runs, log_dir)}")
         print(f"[suite] {entry.name}: {' '.join(cmd[1:])}", flush=True)
         start = time.time()
         with open(os.path.join(log_dir, f"{entry.name}.log"), "a") as log:
@@ -295,7 +294,7 @@ def train(entry: Entry, runs: str, log_dir: str) -> dict:
     return result
 
 
-def make_start(entry: Entry, runs: str, log_dir: str) -> str:
+def start_weights(entry: Entry, runs: str, log_dir: str) -> str:
     """The entry's start weights (tools/make_start.py), written once into {runs}/starts/."""
     path = os.path.join(os.path.abspath(runs), "starts", f"{entry.name}.npz")
     if not os.path.exists(path):
